@@ -1,0 +1,253 @@
+//! Write pitboss routing policies in plain Rust.
+//!
+//! A policy is a WebAssembly component that the pitboss host asks, for every
+//! request, which Python worker should serve it. This crate hides the WIT
+//! contract (`pitboss:policy@0.1.0`): implement [`Router`], call
+//! [`export_router!`], and build with
+//! `cargo build --release --target wasm32-wasip2`.
+//!
+//! ```no_run
+//! use pitboss_guest::{Decision, PoolInfo, RequestView, Router, WorkerView};
+//!
+//! /// Sends each session to the same worker while it has room; everything
+//! /// else goes to the least-loaded worker.
+//! struct Sticky;
+//!
+//! impl Router for Sticky {
+//!     fn init(_pool: PoolInfo) -> Result<Self, String> {
+//!         Ok(Sticky)
+//!     }
+//!
+//!     fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision {
+//!         let preferred = request
+//!             .session
+//!             .as_deref()
+//!             .and_then(|key| pitboss_guest::pick_by_key(key, workers));
+//!         match preferred.or_else(|| pitboss_guest::least_loaded(workers)) {
+//!             Some(worker) => Decision::Worker(worker.id),
+//!             None => Decision::Queue,
+//!         }
+//!     }
+//! }
+//!
+//! pitboss_guest::export_router!(Sticky);
+//! ```
+//!
+//! A policy that wants to hear about finished calls also implements
+//! [`CompletionHook`] and exports with `export_router!(Policy, with_completion)`;
+//! the host calls `on_complete` only for plugins exported that way.
+//!
+//! Sandbox: a policy has no filesystem, network, environment or arguments.
+//! Each call runs under a deadline, a fuel budget and a memory cap; what it
+//! prints goes to the host's log, rate-limited. A panic, a timeout or a
+//! decision naming a worker that cannot take the request is a fault: the host
+//! routes that request itself, rebuilds the instance (calling `init` again)
+//! and counts the fault against the policy.
+
+use core::cmp::Ordering;
+
+#[doc(hidden)]
+pub mod bindings {
+    pub mod router {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "router",
+            pub_export_macro: true,
+            default_bindings_module: "pitboss_guest::bindings::router",
+        });
+    }
+    pub mod completion_hook {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "completion-hook",
+            pub_export_macro: true,
+            default_bindings_module: "pitboss_guest::bindings::completion_hook",
+        });
+    }
+}
+
+pub use bindings::router::pitboss::policy::types::{
+    Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView,
+};
+
+/// A routing policy. One value lives per pool instance: `init` builds it,
+/// `route` is then called for every request of that pool.
+pub trait Router: Sized + 'static {
+    /// Builds the policy for a pool. `pool.options` holds the pool's
+    /// `router_options` from the host config. An error refuses the policy
+    /// for this pool; say what is wrong and how to fix it.
+    fn init(pool: PoolInfo) -> Result<Self, String>;
+
+    /// Chooses where `request` goes. `workers` lists every worker of the
+    /// pool in id order, including ones that cannot take work now.
+    fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision;
+}
+
+/// The optional completion hook: exported only with
+/// `export_router!(Policy, with_completion)`.
+pub trait CompletionHook: Router {
+    /// A call this pool routed to `worker` finished; `ok` is false for any
+    /// failure; `latency_us` is measured by the host.
+    fn on_complete(&mut self, worker: u32, tool: &str, ok: bool, latency_us: u64);
+}
+
+/// True when `worker` is ready and has room for one more call.
+#[inline]
+pub fn has_spare_capacity(worker: &WorkerView) -> bool {
+    worker.state == WorkerState::Ready && worker.in_flight < worker.capacity
+}
+
+/// Orders workers by load (`in_flight / capacity`), exactly and without
+/// floating point.
+#[inline]
+pub fn compare_load(a: &WorkerView, b: &WorkerView) -> Ordering {
+    let a_load = u64::from(a.in_flight) * u64::from(b.capacity);
+    let b_load = u64::from(b.in_flight) * u64::from(a.capacity);
+    a_load.cmp(&b_load)
+}
+
+/// The worker with spare capacity and the lowest load; among equally loaded
+/// workers the one that has served the fewest calls (so idle workers take
+/// turns), then the lowest id. `None` when every worker is busy, starting
+/// or draining.
+pub fn least_loaded(workers: &[WorkerView]) -> Option<&WorkerView> {
+    workers.iter().filter(|w| has_spare_capacity(w)).min_by(|a, b| {
+        compare_load(a, b)
+            .then(a.served.cmp(&b.served))
+            .then(a.id.cmp(&b.id))
+    })
+}
+
+/// A stable 64-bit hash (FNV-1a) of a key: the same on every host, run and
+/// policy version, unlike `core::hash`'s randomised hashers.
+pub fn stable_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The worker a key maps to by rendezvous hashing over the workers with
+/// spare capacity: a key keeps its worker while that worker can take work,
+/// and only the keys of a worker that leaves move elsewhere.
+pub fn pick_by_key<'w>(key: &str, workers: &'w [WorkerView]) -> Option<&'w WorkerView> {
+    let key_hash = stable_hash(key);
+    workers
+        .iter()
+        .filter(|w| has_spare_capacity(w))
+        .max_by_key(|w| mix(key_hash ^ u64::from(w.id).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+}
+
+/// A strong 64-bit finaliser (splitmix64), so neighbouring worker ids give
+/// unrelated rendezvous scores.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use core::cell::RefCell;
+
+    pub use std::string::String;
+    pub use std::vec::Vec;
+
+    /// Holds the one policy value of a component instance. Components are
+    /// single-threaded, so the `Sync` promise holds.
+    pub struct PolicyCell<P>(RefCell<Option<P>>);
+
+    unsafe impl<P> Sync for PolicyCell<P> {}
+
+    impl<P> PolicyCell<P> {
+        pub const fn new() -> Self {
+            PolicyCell(RefCell::new(None))
+        }
+
+        pub fn set(&self, policy: P) {
+            *self.0.borrow_mut() = Some(policy);
+        }
+
+        /// Runs `f` on the policy; `None` when `init` has not succeeded.
+        pub fn with<R>(&self, f: impl FnOnce(&mut P) -> R) -> Option<R> {
+            self.0.borrow_mut().as_mut().map(f)
+        }
+    }
+
+    /// Copies a string into a fixed-size array, for the metadata section.
+    pub const fn bytes<const N: usize>(text: &str) -> [u8; N] {
+        let source = text.as_bytes();
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = source[i];
+            i += 1;
+        }
+        out
+    }
+}
+
+/// Exports a [`Router`] as the component's routing policy.
+///
+/// `export_router!(Policy)` exports `init` and `route`;
+/// `export_router!(Policy, with_completion)` also exports the completion
+/// hook, for a `Policy` that implements [`CompletionHook`]. Use it once per
+/// crate. It also records the crate's name and version in a
+/// `pitboss-plugin` custom section, which the host shows in its logs.
+#[macro_export]
+macro_rules! export_router {
+    ($policy:ty) => {
+        const _: () = {
+            $crate::__export_router_common!($policy);
+            $crate::__export_router_impl!(PitbossRouterExport);
+        };
+    };
+    ($policy:ty, with_completion) => {
+        const _: () = {
+            $crate::__export_router_common!($policy);
+
+            impl $crate::bindings::completion_hook::exports::pitboss::policy::completion::Guest
+                for PitbossRouterExport
+            {
+                fn on_complete(worker: u32, tool: $crate::__private::String, ok: bool, latency_us: u64) {
+                    POLICY.with(|policy| {
+                        <$policy as $crate::CompletionHook>::on_complete(policy, worker, &tool, ok, latency_us)
+                    });
+                }
+            }
+
+            $crate::__export_router_impl!(PitbossRouterExport);
+            $crate::__export_completion_hook_impl!(PitbossRouterExport);
+        };
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_router_common {
+    ($policy:ty) => {
+        struct PitbossRouterExport;
+
+        static POLICY: $crate::__private::PolicyCell<$policy> = $crate::__private::PolicyCell::new();
+
+        const PLUGIN_ID: &str = concat!(env!("CARGO_PKG_NAME"), "@", env!("CARGO_PKG_VERSION"));
+        #[used]
+        #[unsafe(link_section = "pitboss-plugin")]
+        static PLUGIN_SECTION: [u8; PLUGIN_ID.len()] = $crate::__private::bytes(PLUGIN_ID);
+
+        impl $crate::bindings::router::exports::pitboss::policy::routing::Guest for PitbossRouterExport {
+            fn init(pool: $crate::PoolInfo) -> Result<(), $crate::__private::String> {
+                POLICY.set(<$policy as $crate::Router>::init(pool)?);
+                Ok(())
+            }
+
+            fn route(
+                request: $crate::RequestView,
+                workers: $crate::__private::Vec<$crate::WorkerView>,
+            ) -> $crate::Decision {
+                POLICY
+                    .with(|policy| <$policy as $crate::Router>::route(policy, &request, &workers))
+                    .unwrap_or_else(|| $crate::Decision::Reject("policy used before init".into()))
+            }
+        }
+    };
+}

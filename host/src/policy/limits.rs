@@ -1,0 +1,34 @@
+//! Per-policy sandbox limits: how long, how much work and how much memory
+//! one call into a plugin may take.
+
+use std::time::Duration;
+
+/// Limits applied to every call into one policy's instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyLimits {
+    /// Wall-clock budget of one `route` or hook call. Generous against a
+    /// typical decision (about 1 µs for 16 workers) so a descheduled call
+    /// on a busy machine is not mistaken for a runaway one.
+    pub call_deadline: Duration,
+    /// Wall-clock budget of instantiation plus `init`.
+    pub init_deadline: Duration,
+    /// Deterministic instruction budget (wasmtime fuel) of one call.
+    pub fuel_per_call: u64,
+    /// Largest size any one linear memory of the plugin may grow to.
+    pub max_memory_bytes: usize,
+    /// Lines per second of guest stdout/stderr passed to the host log;
+    /// the rest are counted and reported as suppressed.
+    pub log_lines_per_second: u32,
+}
+
+impl Default for PolicyLimits {
+    fn default() -> Self {
+        PolicyLimits {
+            call_deadline: Duration::from_millis(20),
+            init_deadline: Duration::from_millis(500),
+            fuel_per_call: 50_000_000,
+            max_memory_bytes: 64 << 20,
+            log_lines_per_second: 20,
+        }
+    }
+}

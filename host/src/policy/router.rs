@@ -1,0 +1,450 @@
+//! Routing policies: loading a router component, and the warm instance a
+//! pool's dispatcher calls for every request, with fault handling and the
+//! native fallback.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::{Store, Trap};
+
+use super::engine::{PolicyEngine, PolicyState, EPOCH_TICK};
+use super::limits::PolicyLimits;
+use super::meta::PluginMeta;
+use super::native;
+use super::slot::RouterSlot;
+use super::source::PolicySource;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "router-with-completion",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+use bindings::exports::pitboss::policy::{completion, routing};
+pub use bindings::pitboss::policy::types::{
+    Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView,
+};
+
+impl bindings::pitboss::policy::types::Host for PolicyState {}
+
+/// Registers the router contract's host side (its shared types) with the
+/// engine's linker.
+pub(super) fn add_to_linker(linker: &mut Linker<PolicyState>) -> Result<()> {
+    bindings::pitboss::policy::types::add_to_linker::<PolicyState, HasSelf<PolicyState>>(linker, |state| state)?;
+    Ok(())
+}
+
+/// One loaded, type-checked version of a routing policy. Immutable; pools
+/// share it through [`RouterSlot`] and each instantiates it for itself.
+pub struct RouterPolicy {
+    label: String,
+    meta: PluginMeta,
+    limits: PolicyLimits,
+    engine: PolicyEngine,
+    pre: InstancePre<PolicyState>,
+    routing: routing::GuestIndices,
+    completion: Option<completion::GuestIndices>,
+    from_cache: bool,
+}
+
+impl RouterPolicy {
+    /// Loads `source` as a router: compiles it (or takes it from the cache),
+    /// links it against the sandbox, and checks it exports the routing
+    /// interface. Detects the optional completion hook.
+    pub fn load(engine: &PolicyEngine, source: &PolicySource, limits: PolicyLimits) -> Result<Arc<Self>> {
+        let wasm = source.read()?;
+        Self::from_bytes(engine, source.to_string(), &wasm, limits)
+            .with_context(|| format!("cannot load routing policy {source}"))
+    }
+
+    fn from_bytes(engine: &PolicyEngine, label: String, wasm: &[u8], limits: PolicyLimits) -> Result<Arc<Self>> {
+        let meta = PluginMeta::of(wasm);
+        let compiled = engine.compile(wasm)?;
+        let pre = engine.linker().instantiate_pre(&compiled.component).map_err(|err| {
+            anyhow!("{err:#}\nA policy may import only WASI 0.2 and pitboss:policy@0.1.0; build it with pitboss-guest")
+        })?;
+        let routing = routing::GuestIndices::new(&pre).map_err(|err| {
+            anyhow!("{err:#}\nThe component is not a router: export it with `pitboss_guest::export_router!`")
+        })?;
+        let completion = completion::GuestIndices::new(&pre).ok();
+        Ok(Arc::new(RouterPolicy {
+            label,
+            meta,
+            limits,
+            engine: engine.clone(),
+            pre,
+            routing,
+            completion,
+            from_cache: compiled.from_cache,
+        }))
+    }
+
+    /// Where the policy came from: `builtin:NAME` or the component path.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn meta(&self) -> &PluginMeta {
+        &self.meta
+    }
+
+    pub fn limits(&self) -> &PolicyLimits {
+        &self.limits
+    }
+
+    /// Whether the component exports the optional completion hook.
+    pub fn has_completion_hook(&self) -> bool {
+        self.completion.is_some()
+    }
+
+    /// Whether loading took the compiled artifact from the disk cache.
+    pub fn compiled_from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    /// A fresh store and instance, initialised for `pool`.
+    fn instantiate(&self, pool: &PoolInfo) -> Result<Live, PolicyFault> {
+        let mut store = Store::new(self.engine.engine(), PolicyState::new(&self.label, &self.limits));
+        store.limiter(|state| &mut state.memory);
+        arm(&mut store, self.limits.init_deadline, self.limits.fuel_per_call);
+        let bound = self.pre.instantiate(&mut store).and_then(|instance| {
+            let routing = self.routing.load(&mut store, &instance)?;
+            let completion = self.completion.as_ref().map(|hook| hook.load(&mut store, &instance)).transpose()?;
+            Ok((routing, completion))
+        });
+        let (routing, completion) = bound.map_err(|err| PolicyFault::from_call(&err, &store, "instantiate"))?;
+        match routing.call_init(&mut store, pool) {
+            Ok(Ok(())) => Ok(Live { store, routing, completion }),
+            Ok(Err(reason)) => Err(PolicyFault { kind: FaultKind::InitRejected, detail: reason }),
+            Err(err) => Err(PolicyFault::from_call(&err, &store, "init")),
+        }
+    }
+}
+
+/// Re-arms the per-call limits: a store's epoch deadline and fuel are
+/// consumed by each call, and a fresh store's deadline is already due.
+fn arm(store: &mut Store<PolicyState>, deadline: Duration, fuel: u64) {
+    let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) + 1;
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    store.set_fuel(fuel).expect("fuel metering is enabled on the policy engine");
+    store.data_mut().memory.refused = false;
+}
+
+/// A live instance with its store and bound exports.
+struct Live {
+    store: Store<PolicyState>,
+    routing: routing::Guest,
+    completion: Option<completion::Guest>,
+}
+
+/// What went wrong in a policy call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// The guest trapped (a panic, `unreachable`, a bad memory access...).
+    Trap,
+    /// The call outlived its wall-clock deadline.
+    Deadline,
+    /// The call used up its fuel (instruction budget).
+    FuelExhausted,
+    /// The guest tried to grow memory past its cap.
+    OutOfMemory,
+    /// The guest overflowed its stack (deep recursion).
+    StackOverflow,
+    /// The decision named a worker that is unknown, full, starting or
+    /// draining.
+    InvalidDecision,
+    /// `init` returned an error: the policy refuses this pool.
+    InitRejected,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::Trap,
+        FaultKind::Deadline,
+        FaultKind::FuelExhausted,
+        FaultKind::OutOfMemory,
+        FaultKind::StackOverflow,
+        FaultKind::InvalidDecision,
+        FaultKind::InitRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Trap => "trap",
+            FaultKind::Deadline => "deadline",
+            FaultKind::FuelExhausted => "fuel_exhausted",
+            FaultKind::OutOfMemory => "out_of_memory",
+            FaultKind::StackOverflow => "stack_overflow",
+            FaultKind::InvalidDecision => "invalid_decision",
+            FaultKind::InitRejected => "init_rejected",
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A fault with its explanation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFault {
+    pub kind: FaultKind,
+    pub detail: String,
+}
+
+impl PolicyFault {
+    fn from_call(err: &wasmtime::Error, store: &Store<PolicyState>, during: &str) -> Self {
+        let kind = if store.data().memory.refused {
+            FaultKind::OutOfMemory
+        } else {
+            match err.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => FaultKind::Deadline,
+                Some(Trap::OutOfFuel) => FaultKind::FuelExhausted,
+                Some(Trap::StackOverflow) => FaultKind::StackOverflow,
+                _ => FaultKind::Trap,
+            }
+        };
+        let mut detail = format!("during {during}: {err:#}");
+        detail.truncate(detail.floor_char_boundary(2000));
+        PolicyFault { kind, detail }
+    }
+}
+
+impl fmt::Display for PolicyFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.detail)
+    }
+}
+
+/// The outcome of one routing call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routed {
+    /// The decision to act on: the policy's, or the native fallback's.
+    pub decision: Decision,
+    /// True when the native least-loaded rule decided.
+    pub fallback: bool,
+    /// The fault this call hit, if any.
+    pub fault: Option<PolicyFault>,
+}
+
+/// Counters of one pool's router, readable while the dispatcher works.
+#[derive(Default)]
+pub struct RouterStats {
+    decisions: AtomicU64,
+    fallbacks: AtomicU64,
+    rebuilds: AtomicU64,
+    hook_calls: AtomicU64,
+    faults: [AtomicU64; FaultKind::ALL.len()],
+}
+
+/// A point-in-time copy of [`RouterStats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterStatsSnapshot {
+    /// Routing calls answered (by the policy or the fallback).
+    pub decisions: u64,
+    /// Calls decided by the native fallback.
+    pub fallbacks: u64,
+    /// Instances built (the first one included).
+    pub rebuilds: u64,
+    /// Completion hook calls made.
+    pub hook_calls: u64,
+    /// Faults by kind, only kinds seen.
+    pub faults: Vec<(FaultKind, u64)>,
+}
+
+impl RouterStatsSnapshot {
+    pub fn total_faults(&self) -> u64 {
+        self.faults.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn faults_of(&self, kind: FaultKind) -> u64 {
+        self.faults.iter().find(|(k, _)| *k == kind).map_or(0, |(_, n)| *n)
+    }
+}
+
+impl RouterStats {
+    pub fn snapshot(&self) -> RouterStatsSnapshot {
+        RouterStatsSnapshot {
+            decisions: self.decisions.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            rebuilds: self.rebuilds.load(Ordering::Relaxed),
+            hook_calls: self.hook_calls.load(Ordering::Relaxed),
+            faults: FaultKind::ALL
+                .iter()
+                .zip(&self.faults)
+                .map(|(kind, count)| (*kind, count.load(Ordering::Relaxed)))
+                .filter(|(_, count)| *count > 0)
+                .collect(),
+        }
+    }
+
+    fn count_fault(&self, kind: FaultKind) {
+        let index = FaultKind::ALL.iter().position(|k| *k == kind).expect("every kind is listed");
+        self.faults[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// After a failed rebuild, how long to route natively before trying again:
+/// a policy whose `init` always fails must not be re-instantiated for
+/// every request.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// The warm router instance of one pool. It has a single owner (the pool's
+/// dispatcher), so the hot path takes no lock. It follows its
+/// [`RouterSlot`]: a newly published version is picked up before the next
+/// decision.
+pub struct RouterInstance {
+    slot: Arc<RouterSlot>,
+    policy: Arc<RouterPolicy>,
+    pool: PoolInfo,
+    live: Option<Live>,
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
+    stats: Arc<RouterStats>,
+}
+
+impl RouterInstance {
+    /// Instantiates the slot's current policy for `pool` and runs its
+    /// `init`; an error here means the pool cannot use this policy.
+    pub fn new(slot: Arc<RouterSlot>, pool: PoolInfo) -> Result<Self, PolicyFault> {
+        let policy = slot.current();
+        let stats = Arc::new(RouterStats::default());
+        let live = policy.instantiate(&pool)?;
+        stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+        Ok(RouterInstance {
+            slot,
+            policy,
+            pool,
+            live: Some(live),
+            retry_at: None,
+            retry_delay: FIRST_RETRY,
+            stats,
+        })
+    }
+
+    /// The version this instance runs (after the last decision).
+    pub fn policy(&self) -> &Arc<RouterPolicy> {
+        &self.policy
+    }
+
+    pub fn stats(&self) -> Arc<RouterStats> {
+        self.stats.clone()
+    }
+
+    /// Decides where `request` goes. Never fails: a fault in the policy is
+    /// reported in the result and the native least-loaded rule decides.
+    pub fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Routed {
+        self.stats.decisions.fetch_add(1, Ordering::Relaxed);
+        let outcome = match self.ensure_live() {
+            None => return self.fallback(workers, None),
+            Some(Err(fault)) => Err(fault),
+            Some(Ok(())) => {
+                let live = self.live.as_mut().expect("ensure_live built the instance");
+                arm(&mut live.store, self.policy.limits.call_deadline, self.policy.limits.fuel_per_call);
+                match live.routing.call_route(&mut live.store, request, workers) {
+                    Ok(decision) => check_decision(&decision, workers).map(|()| decision),
+                    Err(err) => Err(PolicyFault::from_call(&err, &live.store, "route")),
+                }
+            }
+        };
+        match outcome {
+            Ok(decision) => Routed { decision, fallback: false, fault: None },
+            Err(fault) => {
+                self.record_fault(&fault);
+                self.fallback(workers, Some(fault))
+            }
+        }
+    }
+
+    /// Tells the policy a call finished, if it exports the completion hook;
+    /// otherwise does nothing. A fault is counted and the instance rebuilt.
+    pub fn on_complete(&mut self, worker: u32, tool: &str, ok: bool, latency_us: u64) -> Option<PolicyFault> {
+        let outcome = match self.ensure_live()? {
+            Err(fault) => Err(fault),
+            Ok(()) => {
+                let live = self.live.as_mut().expect("ensure_live built the instance");
+                let hook = live.completion.as_ref()?;
+                self.stats.hook_calls.fetch_add(1, Ordering::Relaxed);
+                arm(&mut live.store, self.policy.limits.call_deadline, self.policy.limits.fuel_per_call);
+                hook.call_on_complete(&mut live.store, worker, tool, ok, latency_us)
+                    .map_err(|err| PolicyFault::from_call(&err, &live.store, "on-complete"))
+            }
+        };
+        let fault = outcome.err()?;
+        self.record_fault(&fault);
+        Some(fault)
+    }
+
+    /// Makes sure an instance of the slot's current version is live,
+    /// rebuilding it if the slot moved on or a fault discarded it. `None`
+    /// while waiting out a failed rebuild.
+    fn ensure_live(&mut self) -> Option<Result<(), PolicyFault>> {
+        if !self.slot.is_current(&self.policy) {
+            self.policy = self.slot.current();
+            self.live = None;
+            self.retry_at = None;
+            self.retry_delay = FIRST_RETRY;
+        }
+        if self.live.is_none() {
+            if self.retry_at.is_some_and(|at| Instant::now() < at) {
+                return None;
+            }
+            self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+            match self.policy.instantiate(&self.pool) {
+                Ok(live) => {
+                    self.live = Some(live);
+                    self.retry_at = None;
+                    self.retry_delay = FIRST_RETRY;
+                }
+                Err(fault) => {
+                    self.retry_at = Some(Instant::now() + self.retry_delay);
+                    self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
+                    return Some(Err(fault));
+                }
+            }
+        }
+        Some(Ok(()))
+    }
+
+    /// Discards the instance (its state may be corrupt) and reports.
+    fn record_fault(&mut self, fault: &PolicyFault) {
+        self.live = None;
+        self.stats.count_fault(fault.kind);
+        tracing::warn!(
+            pool = %self.pool.name,
+            policy = %self.policy.label,
+            plugin = %self.policy.meta,
+            kind = %fault.kind,
+            detail = %fault.detail,
+            "routing policy fault; instance discarded, request routed by native least-loaded",
+        );
+    }
+
+    fn fallback(&self, workers: &[WorkerView], fault: Option<PolicyFault>) -> Routed {
+        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        Routed { decision: native::least_loaded(workers), fallback: true, fault }
+    }
+}
+
+/// A `worker(id)` decision must name a ready worker with room.
+fn check_decision(decision: &Decision, workers: &[WorkerView]) -> Result<(), PolicyFault> {
+    let Decision::Worker(id) = *decision else { return Ok(()) };
+    let problem = match workers.iter().find(|w| w.id == id) {
+        None => format!("chose worker {id}, which is not in the pool"),
+        Some(w) if w.state != WorkerState::Ready => format!("chose worker {id}, which is {:?}", w.state),
+        Some(w) if w.in_flight >= w.capacity => {
+            format!("chose worker {id}, which is full ({}/{} in flight)", w.in_flight, w.capacity)
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(PolicyFault { kind: FaultKind::InvalidDecision, detail: problem })
+}

@@ -1,0 +1,22 @@
+//! `builtin:least-loaded`, pitboss's default router: the ready worker with
+//! the lowest in-flight/capacity; idle workers take turns (fewest served
+//! first); `queue` when every worker is full, starting or draining.
+
+use pitboss_guest::{Decision, PoolInfo, RequestView, Router, WorkerView};
+
+struct LeastLoaded;
+
+impl Router for LeastLoaded {
+    fn init(_pool: PoolInfo) -> Result<Self, String> {
+        Ok(LeastLoaded)
+    }
+
+    fn route(&mut self, _request: &RequestView, workers: &[WorkerView]) -> Decision {
+        match pitboss_guest::least_loaded(workers) {
+            Some(worker) => Decision::Worker(worker.id),
+            None => Decision::Queue,
+        }
+    }
+}
+
+pitboss_guest::export_router!(LeastLoaded);

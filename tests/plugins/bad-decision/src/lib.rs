@@ -1,0 +1,27 @@
+//! Hostile: names a worker that cannot take the request. The request's tool
+//! picks the mistake: `unknown` (an id not in the pool), `draining`,
+//! `starting` or `full` (the first such worker); other tools are routed
+//! least-loaded.
+
+use pitboss_guest::{Decision, PoolInfo, RequestView, Router, WorkerState, WorkerView};
+
+struct BadDecision;
+
+impl Router for BadDecision {
+    fn init(_pool: PoolInfo) -> Result<Self, String> {
+        Ok(BadDecision)
+    }
+
+    fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision {
+        let target = match request.tool.as_str() {
+            "draining" => workers.iter().find(|w| w.state == WorkerState::Draining),
+            "starting" => workers.iter().find(|w| w.state == WorkerState::Starting),
+            "full" => workers.iter().find(|w| w.in_flight >= w.capacity),
+            "unknown" => return Decision::Worker(u32::MAX),
+            _ => return pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id)),
+        };
+        Decision::Worker(target.map_or(u32::MAX, |w| w.id))
+    }
+}
+
+pitboss_guest::export_router!(BadDecision);

@@ -1,0 +1,31 @@
+//! Hostile: recurses without bound for the tool `attack` (other tools are
+//! routed least-loaded). The host's stack limit must stop it.
+
+use pitboss_guest::{Decision, PoolInfo, RequestView, Router, WorkerView};
+
+struct Recurse;
+
+#[inline(never)]
+fn depth(n: u64, pad: [u64; 16]) -> u64 {
+    let pad = std::hint::black_box(pad);
+    if n == u64::MAX {
+        return 0;
+    }
+    depth(n + 1, pad) + pad[(n % 16) as usize]
+}
+
+impl Router for Recurse {
+    fn init(_pool: PoolInfo) -> Result<Self, String> {
+        Ok(Recurse)
+    }
+
+    fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision {
+        if request.tool != "attack" {
+            return pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id));
+        }
+
+        Decision::Worker(depth(workers.len() as u64, [0; 16]) as u32)
+    }
+}
+
+pitboss_guest::export_router!(Recurse);
