@@ -251,3 +251,63 @@ macro_rules! __export_router_common {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: u32, in_flight: u32, capacity: u32, served: u64, state: WorkerState) -> WorkerView {
+        WorkerView { id, capacity, in_flight, served, age_ms: 0, rss_bytes: 0, state }
+    }
+
+    #[test]
+    fn least_loaded_compares_fractions_then_served_then_id() {
+        let workers = [
+            worker(0, 1, 2, 0, WorkerState::Ready),    // 1/2
+            worker(1, 1, 4, 9, WorkerState::Ready),    // 1/4, served 9
+            worker(2, 2, 8, 3, WorkerState::Ready),    // 1/4, served 3
+            worker(3, 0, 1, 0, WorkerState::Draining), // idle but draining
+            worker(4, 0, 1, 0, WorkerState::Starting), // idle but starting
+        ];
+        assert_eq!(least_loaded(&workers).map(|w| w.id), Some(2));
+
+        let tied = [worker(5, 0, 1, 4, WorkerState::Ready), worker(6, 0, 1, 4, WorkerState::Ready)];
+        assert_eq!(least_loaded(&tied).map(|w| w.id), Some(5));
+    }
+
+    #[test]
+    fn nothing_is_chosen_when_every_worker_is_full_or_unready() {
+        let workers = [worker(0, 1, 1, 0, WorkerState::Ready), worker(1, 0, 1, 0, WorkerState::Draining)];
+        assert!(least_loaded(&workers).is_none());
+        assert!(pick_by_key("session", &workers).is_none());
+    }
+
+    #[test]
+    fn stable_hash_is_fnv1a() {
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(stable_hash("foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn a_key_keeps_its_worker_when_another_worker_leaves() {
+        let all: Vec<WorkerView> = (0..8).map(|id| worker(id, 0, 1, 0, WorkerState::Ready)).collect();
+        for key in ["alice", "bob", "carol", "dave", "erin"] {
+            let home = pick_by_key(key, &all).unwrap().id;
+            let mut others = all.clone();
+            let leaving = (home + 1) % 8;
+            others[leaving as usize].state = WorkerState::Draining;
+            assert_eq!(pick_by_key(key, &others).unwrap().id, home, "{key}");
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_workers() {
+        let all: Vec<WorkerView> = (0..4).map(|id| worker(id, 0, 1, 0, WorkerState::Ready)).collect();
+        let mut hits = [0u32; 4];
+        for n in 0..400 {
+            hits[pick_by_key(&format!("user-{n}"), &all).unwrap().id as usize] += 1;
+        }
+        assert!(hits.iter().all(|&h| h > 50), "{hits:?}");
+    }
+}

@@ -15,7 +15,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::guest_log::GuestLog;
+use super::guest_log::{GuestLog, LogCounters};
 use super::limits::PolicyLimits;
 use super::meta::hex;
 use super::router;
@@ -172,8 +172,8 @@ pub(super) struct PolicyState {
 }
 
 impl PolicyState {
-    pub(super) fn new(policy_label: &str, limits: &PolicyLimits) -> Self {
-        let log = GuestLog::new(policy_label, limits.log_lines_per_second);
+    pub(super) fn new(policy_label: &str, limits: &PolicyLimits, log_counters: Arc<LogCounters>) -> Self {
+        let log = GuestLog::new(policy_label, limits.log_lines_per_second, log_counters);
         let wasi = WasiCtx::builder()
             .stdout(log.stream("stdout"))
             .stderr(log.stream("stderr"))

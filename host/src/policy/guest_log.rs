@@ -3,6 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -16,6 +17,14 @@ const MAX_LINE_BYTES: usize = 1000;
 /// Bytes a guest may hand over per write call.
 const WRITE_BUDGET: usize = 64 * 1024;
 
+/// Lines a policy's instances printed, shared with the pool's router
+/// statistics so they outlive any one instance.
+#[derive(Default)]
+pub(super) struct LogCounters {
+    pub(super) emitted: AtomicU64,
+    pub(super) dropped: AtomicU64,
+}
+
 /// The log sink of one store: both streams share its rate limit.
 #[derive(Clone)]
 pub(super) struct GuestLog {
@@ -28,10 +37,11 @@ struct LogState {
     window_start: Instant,
     lines_in_window: u32,
     suppressed: u64,
+    counters: Arc<LogCounters>,
 }
 
 impl GuestLog {
-    pub(super) fn new(policy: &str, lines_per_second: u32) -> Self {
+    pub(super) fn new(policy: &str, lines_per_second: u32, counters: Arc<LogCounters>) -> Self {
         GuestLog {
             state: Arc::new(Mutex::new(LogState {
                 policy: policy.to_owned(),
@@ -39,6 +49,7 @@ impl GuestLog {
                 window_start: Instant::now(),
                 lines_in_window: 0,
                 suppressed: 0,
+                counters,
             })),
         }
     }
@@ -62,9 +73,11 @@ impl LogState {
         }
         if self.lines_in_window >= self.lines_per_second {
             self.suppressed += 1;
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.lines_in_window += 1;
+        self.counters.emitted.fetch_add(1, Ordering::Relaxed);
         let text = String::from_utf8_lossy(line);
         tracing::info!(target: "pitboss::plugin", policy = %self.policy, stream, "{}", text.trim_end());
     }

@@ -12,7 +12,9 @@ pub struct PolicyLimits {
     pub call_deadline: Duration,
     /// Wall-clock budget of instantiation plus `init`.
     pub init_deadline: Duration,
-    /// Deterministic instruction budget (wasmtime fuel) of one call.
+    /// Deterministic instruction budget (wasmtime fuel) of one call. The
+    /// default is about 400 times what `least-loaded` spends on 1,024
+    /// workers, so on a normal machine the deadline fires first.
     pub fuel_per_call: u64,
     /// Largest size any one linear memory of the plugin may grow to.
     pub max_memory_bytes: usize,
@@ -26,7 +28,7 @@ impl Default for PolicyLimits {
         PolicyLimits {
             call_deadline: Duration::from_millis(20),
             init_deadline: Duration::from_millis(500),
-            fuel_per_call: 50_000_000,
+            fuel_per_call: 100_000_000,
             max_memory_bytes: 64 << 20,
             log_lines_per_second: 20,
         }

@@ -12,6 +12,7 @@ use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{Store, Trap};
 
 use super::engine::{PolicyEngine, PolicyState, EPOCH_TICK};
+use super::guest_log::LogCounters;
 use super::limits::PolicyLimits;
 use super::meta::PluginMeta;
 use super::native;
@@ -73,7 +74,7 @@ impl RouterPolicy {
             anyhow!("{err:#}\nThe component is not a router: export it with `pitboss_guest::export_router!`")
         })?;
         let completion = completion::GuestIndices::new(&pre).ok();
-        Ok(Arc::new(RouterPolicy {
+        let policy = RouterPolicy {
             label,
             meta,
             limits,
@@ -82,7 +83,13 @@ impl RouterPolicy {
             routing,
             completion,
             from_cache: compiled.from_cache,
-        }))
+        };
+        // Instantiating once proves the exports have the contract's types, so
+        // a plugin built against another version fails here, not per request.
+        policy.bind(&RouterStats::default()).map_err(|fault| {
+            anyhow!("the component does not instantiate as a pitboss:policy@0.1.0 router: {fault}")
+        })?;
+        Ok(Arc::new(policy))
     }
 
     /// Where the policy came from: `builtin:NAME` or the component path.
@@ -109,8 +116,21 @@ impl RouterPolicy {
     }
 
     /// A fresh store and instance, initialised for `pool`.
-    fn instantiate(&self, pool: &PoolInfo) -> Result<Live, PolicyFault> {
-        let mut store = Store::new(self.engine.engine(), PolicyState::new(&self.label, &self.limits));
+    fn instantiate(&self, pool: &PoolInfo, stats: &RouterStats) -> Result<Live, PolicyFault> {
+        let mut live = self.bind(stats)?;
+        match live.routing.call_init(&mut live.store, pool) {
+            Ok(Ok(())) => Ok(live),
+            Ok(Err(reason)) => Err(PolicyFault { kind: FaultKind::InitRejected, detail: reason }),
+            Err(err) => Err(PolicyFault::from_call(&err, &live.store, "init")),
+        }
+    }
+
+    /// A fresh store and instance with its exports bound and type-checked,
+    /// under the init limits; `init` not yet called.
+    fn bind(&self, stats: &RouterStats) -> Result<Live, PolicyFault> {
+        stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+        let state = PolicyState::new(&self.label, &self.limits, stats.log.clone());
+        let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|state| &mut state.memory);
         arm(&mut store, self.limits.init_deadline, self.limits.fuel_per_call);
         let bound = self.pre.instantiate(&mut store).and_then(|instance| {
@@ -118,11 +138,9 @@ impl RouterPolicy {
             let completion = self.completion.as_ref().map(|hook| hook.load(&mut store, &instance)).transpose()?;
             Ok((routing, completion))
         });
-        let (routing, completion) = bound.map_err(|err| PolicyFault::from_call(&err, &store, "instantiate"))?;
-        match routing.call_init(&mut store, pool) {
-            Ok(Ok(())) => Ok(Live { store, routing, completion }),
-            Ok(Err(reason)) => Err(PolicyFault { kind: FaultKind::InitRejected, detail: reason }),
-            Err(err) => Err(PolicyFault::from_call(&err, &store, "init")),
+        match bound {
+            Ok((routing, completion)) => Ok(Live { store, routing, completion }),
+            Err(err) => Err(PolicyFault::from_call(&err, &store, "instantiate")),
         }
     }
 }
@@ -243,6 +261,7 @@ pub struct RouterStats {
     rebuilds: AtomicU64,
     hook_calls: AtomicU64,
     faults: [AtomicU64; FaultKind::ALL.len()],
+    log: Arc<LogCounters>,
 }
 
 /// A point-in-time copy of [`RouterStats`].
@@ -258,6 +277,10 @@ pub struct RouterStatsSnapshot {
     pub hook_calls: u64,
     /// Faults by kind, only kinds seen.
     pub faults: Vec<(FaultKind, u64)>,
+    /// Lines the policy printed that reached the host log.
+    pub log_lines: u64,
+    /// Lines dropped by the log rate limit.
+    pub log_lines_dropped: u64,
 }
 
 impl RouterStatsSnapshot {
@@ -283,6 +306,8 @@ impl RouterStats {
                 .map(|(kind, count)| (*kind, count.load(Ordering::Relaxed)))
                 .filter(|(_, count)| *count > 0)
                 .collect(),
+            log_lines: self.log.emitted.load(Ordering::Relaxed),
+            log_lines_dropped: self.log.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -318,8 +343,7 @@ impl RouterInstance {
     pub fn new(slot: Arc<RouterSlot>, pool: PoolInfo) -> Result<Self, PolicyFault> {
         let policy = slot.current();
         let stats = Arc::new(RouterStats::default());
-        let live = policy.instantiate(&pool)?;
-        stats.rebuilds.fetch_add(1, Ordering::Relaxed);
+        let live = policy.instantiate(&pool, &stats)?;
         Ok(RouterInstance {
             slot,
             policy,
@@ -398,8 +422,7 @@ impl RouterInstance {
             if self.retry_at.is_some_and(|at| Instant::now() < at) {
                 return None;
             }
-            self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
-            match self.policy.instantiate(&self.pool) {
+            match self.policy.instantiate(&self.pool, &self.stats) {
                 Ok(live) => {
                     self.live = Some(live);
                     self.retry_at = None;

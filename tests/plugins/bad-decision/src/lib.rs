@@ -1,7 +1,7 @@
 //! Hostile: names a worker that cannot take the request. The request's tool
 //! picks the mistake: `unknown` (an id not in the pool), `draining`,
-//! `starting` or `full` (the first such worker); other tools are routed
-//! least-loaded.
+//! `starting` or `full` (the first such worker); `ordinary` is routed
+//! least-loaded, and any other tool gets an id not in the pool.
 
 use pitboss_guest::{Decision, PoolInfo, RequestView, Router, WorkerState, WorkerView};
 
@@ -17,8 +17,10 @@ impl Router for BadDecision {
             "draining" => workers.iter().find(|w| w.state == WorkerState::Draining),
             "starting" => workers.iter().find(|w| w.state == WorkerState::Starting),
             "full" => workers.iter().find(|w| w.in_flight >= w.capacity),
-            "unknown" => return Decision::Worker(u32::MAX),
-            _ => return pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id)),
+            "ordinary" => {
+                return pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id))
+            }
+            _ => None,
         };
         Decision::Worker(target.map_or(u32::MAX, |w| w.id))
     }
