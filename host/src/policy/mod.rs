@@ -11,6 +11,7 @@
 //! snapshots ([`WorkerView`], [`RequestView`]) and gets a [`Decision`] back;
 //! what happens next is the pool's business.
 
+pub mod contract;
 mod engine;
 mod guest_log;
 mod limits;
@@ -24,9 +25,9 @@ pub use engine::{CompiledComponent, PolicyEngine};
 pub use limits::PolicyLimits;
 pub use meta::PluginMeta;
 pub use native::least_loaded as native_least_loaded;
+pub use contract::{Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView};
 pub use router::{
-    Decision, FaultKind, PolicyFault, PoolInfo, Profile, RequestView, Routed, RouterInstance,
-    RouterPolicy, RouterStats, RouterStatsSnapshot, WorkerState, WorkerView,
+    FaultKind, PolicyFault, Routed, RouterInstance, RouterPolicy, RouterStats, RouterStatsSnapshot,
 };
 pub use slot::RouterSlot;
 pub use source::{PolicySource, BUILTIN_ROUTERS};

@@ -23,21 +23,17 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "router-with-completion",
-        additional_derives: [PartialEq, Eq],
+        with: { "pitboss:policy/types": crate::policy::contract },
     });
 }
 
 use bindings::exports::pitboss::policy::{completion, routing};
-pub use bindings::pitboss::policy::types::{
-    Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView,
-};
-
-impl bindings::pitboss::policy::types::Host for PolicyState {}
+use super::contract::{self, Decision, PoolInfo, RequestView, WorkerState, WorkerView};
 
 /// Registers the router contract's host side (its shared types) with the
 /// engine's linker.
 pub(super) fn add_to_linker(linker: &mut Linker<PolicyState>) -> Result<()> {
-    bindings::pitboss::policy::types::add_to_linker::<PolicyState, HasSelf<PolicyState>>(linker, |state| state)?;
+    contract::add_to_linker::<PolicyState, HasSelf<PolicyState>>(linker, |state| state)?;
     Ok(())
 }
 
