@@ -255,3 +255,23 @@ fn a_component_with_the_wrong_contract_is_refused_at_load() {
     let message = format!("{err:#}");
     assert!(message.contains("does not instantiate as a pitboss:policy@0.1.0 router"), "{message}");
 }
+
+#[test]
+fn every_worker_field_reaches_the_guest_intact() {
+    let mut router = router(&test_plugin("completion-probe"), PolicyLimits::default());
+    let workers = [
+        WorkerView { id: 7, capacity: 8, in_flight: 3, served: u64::MAX, age_ms: 1 << 40, rss_bytes: 123_456_789_012, state: WorkerState::Draining },
+        WorkerView { id: u32::MAX, capacity: 1, in_flight: 0, served: 0, age_ms: 5, rss_bytes: 0, state: WorkerState::Starting },
+        WorkerView { id: 0, capacity: u32::MAX, in_flight: u32::MAX - 1, served: 42, age_ms: 0, rss_bytes: 1, state: WorkerState::Ready },
+    ];
+    let described = router.route(&request("describe"), &workers).decision;
+    let expected = format!(
+        "7:3/8 served={} age={} rss=123456789012 WorkerState::Draining; {}:0/1 served=0 age=5 rss=0 WorkerState::Starting; 0:{}/{} served=42 age=0 rss=1 WorkerState::Ready",
+        u64::MAX,
+        1u64 << 40,
+        u32::MAX,
+        u32::MAX - 1,
+        u32::MAX
+    );
+    assert_eq!(described, Decision::Reject(expected));
+}

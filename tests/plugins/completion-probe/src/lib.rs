@@ -1,6 +1,8 @@
 //! Exports the optional completion hook and reports what it heard: the
-//! tool `report` is rejected with `completions=N ok=K`. With the pool
-//! option `refuse = "yes"`, `init` refuses the pool.
+//! tool `report` is rejected with `completions=N ok=K`, and the tool
+//! `describe` with every field of every worker view it was given, so tests
+//! can check what crossed into the guest. With the pool option
+//! `refuse = "yes"`, `init` refuses the pool.
 
 use pitboss_guest::{CompletionHook, Decision, PoolInfo, RequestView, Router, WorkerView};
 
@@ -20,6 +22,18 @@ impl Router for Probe {
     fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision {
         if request.tool == "report" {
             return Decision::Reject(format!("completions={} ok={}", self.completions, self.ok));
+        }
+        if request.tool == "describe" {
+            let views: Vec<String> = workers
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{}:{}/{} served={} age={} rss={} {:?}",
+                        w.id, w.in_flight, w.capacity, w.served, w.age_ms, w.rss_bytes, w.state
+                    )
+                })
+                .collect();
+            return Decision::Reject(views.join("; "));
         }
         pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id))
     }
