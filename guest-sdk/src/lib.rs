@@ -118,6 +118,13 @@ pub fn least_loaded(workers: &[WorkerView]) -> Option<&WorkerView> {
     })
 }
 
+/// The least-loaded rule as a decision: `Worker` for [`least_loaded`]'s
+/// choice, `Queue` when no worker can take the request. What
+/// `builtin:least-loaded` answers, and a sensible fallback for any policy.
+pub fn decide_least_loaded(workers: &[WorkerView]) -> Decision {
+    least_loaded(workers).map_or(Decision::Queue, |worker| Decision::Worker(worker.id))
+}
+
 /// A stable 64-bit hash (FNV-1a) of a key: the same on every host, run and
 /// policy version, unlike `core::hash`'s randomised hashers.
 pub fn stable_hash(key: &str) -> u64 {

@@ -12,10 +12,7 @@ impl Router for LeastLoaded {
     }
 
     fn route(&mut self, _request: &RequestView, workers: &[WorkerView]) -> Decision {
-        match pitboss_guest::least_loaded(workers) {
-            Some(worker) => Decision::Worker(worker.id),
-            None => Decision::Queue,
-        }
+        pitboss_guest::decide_least_loaded(workers)
     }
 }
 

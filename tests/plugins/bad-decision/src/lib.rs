@@ -18,7 +18,7 @@ impl Router for BadDecision {
             "starting" => workers.iter().find(|w| w.state == WorkerState::Starting),
             "full" => workers.iter().find(|w| w.in_flight >= w.capacity),
             "ordinary" => {
-                return pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id))
+                return pitboss_guest::decide_least_loaded(workers)
             }
             _ => None,
         };

@@ -35,7 +35,7 @@ impl Router for Probe {
                 .collect();
             return Decision::Reject(views.join("; "));
         }
-        pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id))
+        pitboss_guest::decide_least_loaded(workers)
     }
 }
 

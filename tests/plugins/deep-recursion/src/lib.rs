@@ -22,7 +22,7 @@ impl Router for Recurse {
 
     fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision {
         if request.tool != "attack" {
-            return pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id));
+            return pitboss_guest::decide_least_loaded(workers);
         }
 
         Decision::Worker(depth(workers.len() as u64) as u32)

@@ -12,7 +12,7 @@ impl Router for Spin {
 
     fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision {
         if request.tool != "attack" {
-            return pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id));
+            return pitboss_guest::decide_least_loaded(workers);
         }
 
         let mut counter: u64 = 0;

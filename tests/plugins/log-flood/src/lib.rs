@@ -13,7 +13,7 @@ impl Router for Flood {
 
     fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision {
         if request.tool != "attack" {
-            return pitboss_guest::least_loaded(workers).map_or(Decision::Queue, |w| Decision::Worker(w.id));
+            return pitboss_guest::decide_least_loaded(workers);
         }
 
         let mut line: u64 = 0;
