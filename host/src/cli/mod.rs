@@ -49,10 +49,14 @@ pub fn main() -> ExitCode {
 /// Logs go to stderr. `PITBOSS_LOG` (or `RUST_LOG`) takes a tracing filter
 /// such as `info` or `pitboss::plugin=debug`; the default shows warnings.
 fn init_logging() {
-    let filter = std::env::var("PITBOSS_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .ok()
-        .and_then(|spec| EnvFilter::try_new(spec).ok())
-        .unwrap_or_else(|| EnvFilter::new("warn"));
+    let spec = std::env::var("PITBOSS_LOG").or_else(|_| std::env::var("RUST_LOG")).ok();
+    let filter = match spec.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(filter)) => filter,
+        Some(Err(err)) => {
+            eprintln!("warning: ignoring the log filter {:?} ({err}); using `warn`", spec.unwrap_or_default());
+            EnvFilter::new("warn")
+        }
+        None => EnvFilter::new("warn"),
+    };
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
