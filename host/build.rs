@@ -1,4 +1,4 @@
-//! Builds the built-in policy plugins (`plugins/*`) for wasm32-wasip2 and
+//! Compiles the gRPC API definitions, and builds the built-in policy plugins (`plugins/*`) for wasm32-wasip2 and
 //! hands them to the host, which embeds them (`builtin:NAME`). A nested
 //! cargo with its own target directory, so no manual step is ever needed.
 
@@ -11,6 +11,22 @@ const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
 
 fn main() {
+    build_plugins();
+    compile_protos();
+}
+
+/// The host's gRPC API, with the protoc that ships in protoc-bin-vendored.
+fn compile_protos() {
+    let protoc = protoc_bin_vendored::protoc_bin_path().expect("protoc-bin-vendored has a protoc for this platform");
+    // SAFETY: build scripts are single-threaded.
+    unsafe { env::set_var("PROTOC", protoc) };
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/pitboss/v1/pitboss.proto"], &["proto"])
+        .expect("compiling the gRPC API definitions");
+}
+
+fn build_plugins() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap();
     for watched in ["plugins", "guest-sdk", "wit", "Cargo.lock"] {

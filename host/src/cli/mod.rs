@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod call;
 mod plugin_test;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "pitboss", version, about = "Runs pools of Python workers behind WebAssembly scheduling policies")]
@@ -18,6 +20,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the host in the foreground: every pool in the config, and the
+    /// gRPC API.
+    Serve(serve::Args),
+    /// Call a tool through a running host; prints the result.
+    Call(call::Args),
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -33,9 +40,19 @@ enum PluginCommand {
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let outcome = match cli.command {
-        Command::Plugin(PluginCommand::Test(args)) => plugin_test::run(&args),
+        Command::Serve(args) => {
+            init_logging("info");
+            serve::run(&args)
+        }
+        Command::Call(args) => {
+            init_logging("warn");
+            call::run(&args)
+        }
+        Command::Plugin(PluginCommand::Test(args)) => {
+            init_logging("warn");
+            plugin_test::run(&args)
+        }
     };
     match outcome {
         Ok(code) => code,
@@ -47,16 +64,16 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs go to stderr. `PITBOSS_LOG` (or `RUST_LOG`) takes a tracing filter
-/// such as `info` or `pitboss::plugin=debug`; the default shows warnings.
-fn init_logging() {
+/// such as `info` or `pitboss::plugin=debug`; `default` applies otherwise.
+fn init_logging(default: &str) {
     let spec = std::env::var("PITBOSS_LOG").or_else(|_| std::env::var("RUST_LOG")).ok();
     let filter = match spec.as_deref().map(EnvFilter::try_new) {
         Some(Ok(filter)) => filter,
         Some(Err(err)) => {
-            eprintln!("warning: ignoring the log filter {:?} ({err}); using `warn`", spec.unwrap_or_default());
-            EnvFilter::new("warn")
+            eprintln!("warning: ignoring the log filter {:?} ({err}); using `{default}`", spec.unwrap_or_default());
+            EnvFilter::new(default)
         }
-        None => EnvFilter::new("warn"),
+        None => EnvFilter::new(default),
     };
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

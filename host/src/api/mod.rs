@@ -1,0 +1,147 @@
+//! The gRPC API (`pitboss.v1.Pitboss`, plus the standard health service),
+//! served on top of a [`Host`], and the client types the CLI uses.
+//!
+//! Owns: mapping between protobuf messages and the library's types, and
+//! call errors to gRPC status codes. Must not touch: pools or workers other
+//! than through the [`Host`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use prost::Message;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status};
+
+use crate::pool::{CallError, CallRequest, ErrorKind};
+use crate::worker::ContentType;
+use crate::Host;
+
+/// The generated protobuf and gRPC types of `pitboss.v1`.
+pub mod proto {
+    tonic::include_proto!("pitboss.v1");
+}
+
+use proto::pitboss_server::{Pitboss, PitbossServer};
+
+/// Binds the API address; done before any worker starts, so a taken port
+/// fails fast.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} (host.api_address)"))
+}
+
+/// Serves `host` on `listener` until `shutdown` resolves, then stops
+/// accepting and waits for calls in flight.
+pub async fn serve(host: Arc<Host>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PitbossServer<Service>>().await;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(PitbossServer::new(Service { host }))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+        .context("the API server failed")
+}
+
+struct Service {
+    host: Arc<Host>,
+}
+
+#[tonic::async_trait]
+impl Pitboss for Service {
+    async fn execute(&self, request: Request<proto::ExecuteRequest>) -> Result<Response<proto::ExecuteResponse>, Status> {
+        let request = request.into_inner();
+        let content_type = match proto::ContentType::try_from(request.content_type) {
+            Ok(proto::ContentType::Json) => ContentType::Json,
+            Ok(proto::ContentType::Raw) => ContentType::Raw,
+            Err(_) => {
+                let error = CallError::new(
+                    ErrorKind::BadPayload,
+                    format!("unknown content type {}; use JSON (0) or RAW (1)", request.content_type),
+                );
+                return Err(status(&error));
+            }
+        };
+        let mut metadata: Vec<(String, String)> = request.metadata.into_iter().collect();
+        metadata.sort();
+        let call = CallRequest {
+            tool: request.tool,
+            payload: Bytes::from(request.payload),
+            content_type,
+            session: Some(request.session).filter(|s| !s.is_empty()),
+            metadata,
+            timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
+        };
+        match self.host.execute(&request.pool, call).await {
+            Ok(output) => Ok(Response::new(proto::ExecuteResponse {
+                payload: output.payload.to_vec(),
+                content_type: match output.content_type {
+                    ContentType::Json => proto::ContentType::Json,
+                    ContentType::Raw => proto::ContentType::Raw,
+                } as i32,
+                worker: output.worker,
+                duration_us: output.duration.as_micros() as u64,
+            })),
+            Err(error) => Err(status(&error)),
+        }
+    }
+
+    async fn list_pools(
+        &self,
+        _request: Request<proto::ListPoolsRequest>,
+    ) -> Result<Response<proto::ListPoolsResponse>, Status> {
+        let pools = self
+            .host
+            .status()
+            .await
+            .into_iter()
+            .map(|p| proto::PoolStatus {
+                name: p.name,
+                profile: p.profile,
+                size: p.size,
+                ready: p.ready,
+                starting: p.starting,
+                in_flight: p.in_flight,
+                queued: p.queued,
+                served: p.served,
+                failed: p.failed,
+                crashes: p.crashes,
+                degraded: p.degraded,
+                router: p.router,
+            })
+            .collect();
+        Ok(Response::new(proto::ListPoolsResponse { pools }))
+    }
+}
+
+/// The status a failed call is answered with: a fitting code, the message,
+/// and the structured error in the details.
+pub fn status(error: &CallError) -> Status {
+    let code = match error.kind {
+        ErrorKind::UnknownPool | ErrorKind::UnknownTool => Code::NotFound,
+        ErrorKind::BadArguments | ErrorKind::BadPayload => Code::InvalidArgument,
+        ErrorKind::Exception => Code::Unknown,
+        ErrorKind::Timeout | ErrorKind::QueueTimeout => Code::DeadlineExceeded,
+        ErrorKind::Saturated => Code::ResourceExhausted,
+        ErrorKind::Rejected => Code::FailedPrecondition,
+        ErrorKind::WorkerCrashed => Code::Aborted,
+        ErrorKind::ShuttingDown => Code::Unavailable,
+        ErrorKind::BadResult | ErrorKind::Protocol => Code::Internal,
+    };
+    let details = proto::CallError {
+        kind: error.kind.as_str().to_owned(),
+        message: error.message.clone(),
+        python_type: error.python_type.clone().unwrap_or_default(),
+        traceback: error.traceback.clone().unwrap_or_default(),
+    };
+    Status::with_details(code, error.to_string(), Bytes::from(details.encode_to_vec()))
+}
+
+/// The structured error a failed Execute carries, if any.
+pub fn call_error(status: &Status) -> Option<proto::CallError> {
+    proto::CallError::decode(status.details()).ok().filter(|e| !e.kind.is_empty())
+}

@@ -1,0 +1,364 @@
+//! Configuration: one TOML file with a `[host]` table and one `[[pool]]`
+//! table per pool, turned into a typed [`Config`] with defaults applied and
+//! relative paths resolved against the file's folder.
+//!
+//! Owns: parsing, units, defaults, the basic checks every config must pass,
+//! and choosing each pool's Python interpreter. Must not start, spawn or
+//! bind anything.
+
+mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::PolicyLimits;
+pub use units::{parse_duration, parse_size};
+
+/// A loaded, checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (`<inline>` for text parsed directly).
+    pub source: PathBuf,
+    pub host: HostConfig,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Where worker sockets, the lock file and worker records live.
+    pub run_dir: PathBuf,
+    /// Address the gRPC API listens on.
+    pub api_address: SocketAddr,
+    /// Where compiled policy components are cached; `None` disables it.
+    pub policy_cache: Option<PathBuf>,
+    /// How long in-flight calls may run on after a shutdown is asked for.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub name: String,
+    pub profile: Profile,
+    /// Worker processes.
+    pub size: u32,
+    /// `module:Class` or `module`.
+    pub adapter: String,
+    pub python: Interpreter,
+    /// Folders added to the worker's import path.
+    pub python_path: Vec<PathBuf>,
+    /// Working directory of the workers: the config file's folder.
+    pub working_dir: PathBuf,
+    /// `builtin:NAME` or a path to a routing component.
+    pub router: String,
+    pub router_options: BTreeMap<String, String>,
+    pub router_limits: PolicyLimits,
+    /// Environment for the workers; overrides pitboss's defaults key by key.
+    pub env: BTreeMap<String, String>,
+    /// Extra arguments for `python -m pitboss_worker`.
+    pub args: Vec<String>,
+    pub startup_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Requests that may wait for a worker; more are refused at once.
+    pub queue_limit: usize,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Process,
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("process")
+    }
+}
+
+/// A pool's Python interpreter and how it was chosen, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interpreter {
+    pub path: PathBuf,
+    pub chosen_by: String,
+}
+
+impl fmt::Display for Interpreter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (from {})", self.path.display(), self.chosen_by)
+    }
+}
+
+/// Why a config was refused: every problem found, with the file named.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub source: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config {}:", self.source.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    host: RawHost,
+    #[serde(default)]
+    pool: Vec<RawPool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    python: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    api_address: Option<String>,
+    policy_cache: Option<PathBuf>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: String,
+    profile: Option<String>,
+    size: Option<i64>,
+    adapter: String,
+    python: Option<PathBuf>,
+    #[serde(default)]
+    python_path: Vec<PathBuf>,
+    router: Option<String>,
+    #[serde(default)]
+    router_options: BTreeMap<String, String>,
+    #[serde(default)]
+    router_limits: RawRouterLimits,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    args: Vec<String>,
+    startup_timeout: Option<String>,
+    request_timeout: Option<String>,
+    queue_limit: Option<i64>,
+    queue_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouterLimits {
+    call_deadline: Option<String>,
+    init_deadline: Option<String>,
+    fuel: Option<u64>,
+    max_memory: Option<String>,
+    log_lines_per_second: Option<u32>,
+}
+
+pub const DEFAULT_API_ADDRESS: &str = "127.0.0.1:50051";
+pub const DEFAULT_ROUTER: &str = "builtin:least-loaded";
+
+impl Config {
+    /// Reads and checks the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            source: path.to_owned(),
+            problems: vec![format!("cannot read it: {err}")],
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text as if it were the file `path` (relative paths
+    /// resolve against its folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError { source: path.to_owned(), problems };
+        let raw: RawConfig = toml::from_str(text).map_err(|err| fail(vec![describe_toml_error(&err)]))?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let mut problems = Vec::new();
+        let host_python = raw.host.python.as_ref().map(|p| base.join(p));
+        let host = host_config(raw.host, &base, &mut problems);
+        if raw.pool.is_empty() {
+            problems.push("no pools: add at least one [[pool]] table with `name` and `adapter`".to_owned());
+        }
+        let mut pools = Vec::new();
+        for pool in raw.pool {
+            if pools.iter().any(|p: &PoolConfig| p.name == pool.name) {
+                problems.push(format!("pool.{}: the name is used twice; pool names must be unique", pool.name));
+                continue;
+            }
+            if let Some(pool) = pool_config(pool, &base, host_python.as_deref(), &mut problems) {
+                pools.push(pool);
+            }
+        }
+        if problems.is_empty() {
+            Ok(Config { source: path.to_owned(), host, pools })
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+fn host_config(raw: RawHost, base: &Path, problems: &mut Vec<String>) -> HostConfig {
+    let api_text = raw.api_address.unwrap_or_else(|| DEFAULT_API_ADDRESS.to_owned());
+    let api_address = api_text.parse().unwrap_or_else(|_| {
+        problems.push(format!("host.api_address: `{api_text}` is not an address; write e.g. \"{DEFAULT_API_ADDRESS}\""));
+        DEFAULT_API_ADDRESS.parse().unwrap()
+    });
+    HostConfig {
+        run_dir: raw.run_dir.map(|dir| base.join(dir)).unwrap_or_else(default_run_dir),
+        api_address,
+        policy_cache: raw.policy_cache.map(|dir| base.join(dir)).or_else(crate::policy::PolicyEngine::default_cache_dir),
+        shutdown_grace: duration("host.shutdown_grace", raw.shutdown_grace, Duration::from_secs(10), problems),
+    }
+}
+
+fn pool_config(raw: RawPool, base: &Path, host_python: Option<&Path>, problems: &mut Vec<String>) -> Option<PoolConfig> {
+    let key = |field: &str| format!("pool.{}.{field}", raw.name);
+    let before = problems.len();
+    if raw.name.trim().is_empty() {
+        problems.push("pool.name: must not be empty".to_owned());
+    }
+    let profile = match raw.profile.as_deref() {
+        None | Some("process") => Profile::Process,
+        Some(other) => {
+            problems.push(format!("{}: `{other}` is not a profile this host runs; use \"process\"", key("profile")));
+            Profile::Process
+        }
+    };
+    let size = match raw.size {
+        None => default_pool_size(),
+        Some(size) if (1..=i64::from(u16::MAX)).contains(&size) => size as u32,
+        Some(size) => {
+            problems.push(format!("{}: must be between 1 and {} (got {size})", key("size"), u16::MAX));
+            1
+        }
+    };
+    if raw.adapter.trim().is_empty() {
+        problems.push(format!("{}: must name a module or module:Class", key("adapter")));
+    }
+    let queue_limit = match raw.queue_limit {
+        None => 1000,
+        Some(limit) if limit >= 0 => limit as usize,
+        Some(limit) => {
+            problems.push(format!("{}: must be 0 or more (got {limit})", key("queue_limit")));
+            0
+        }
+    };
+    let defaults = PolicyLimits::default();
+    let limits = raw.router_limits;
+    let router_limits = PolicyLimits {
+        call_deadline: duration(&key("router_limits.call_deadline"), limits.call_deadline, defaults.call_deadline, problems),
+        init_deadline: duration(&key("router_limits.init_deadline"), limits.init_deadline, defaults.init_deadline, problems),
+        fuel_per_call: limits.fuel.unwrap_or(defaults.fuel_per_call),
+        max_memory_bytes: match limits.max_memory.as_deref().map(parse_size) {
+            None => defaults.max_memory_bytes,
+            Some(Ok(bytes)) => usize::try_from(bytes).unwrap_or(usize::MAX),
+            Some(Err(err)) => {
+                problems.push(format!("{}: {err}", key("router_limits.max_memory")));
+                defaults.max_memory_bytes
+            }
+        },
+        log_lines_per_second: limits.log_lines_per_second.unwrap_or(defaults.log_lines_per_second),
+    };
+    let pool = PoolConfig {
+        profile,
+        size,
+        python: resolve_interpreter(raw.python.map(|p| base.join(p)).as_deref(), host_python),
+        python_path: raw.python_path.iter().map(|p| base.join(p)).collect(),
+        working_dir: base.to_owned(),
+        router: raw.router.unwrap_or_else(|| DEFAULT_ROUTER.to_owned()),
+        router_options: raw.router_options,
+        router_limits,
+        env: raw.env,
+        args: raw.args,
+        startup_timeout: duration(&key("startup_timeout"), raw.startup_timeout, Duration::from_secs(30), problems),
+        request_timeout: duration(&key("request_timeout"), raw.request_timeout, Duration::from_secs(60), problems),
+        queue_limit,
+        queue_timeout: duration(&key("queue_timeout"), raw.queue_timeout, Duration::from_secs(30), problems),
+        adapter: raw.adapter,
+        name: raw.name,
+    };
+    (problems.len() == before).then_some(pool)
+}
+
+fn duration(key: &str, text: Option<String>, default: Duration, problems: &mut Vec<String>) -> Duration {
+    match text.as_deref().map(parse_duration) {
+        None => default,
+        Some(Ok(value)) if !value.is_zero() => value,
+        Some(Ok(_)) => {
+            problems.push(format!("{key}: must be longer than zero"));
+            default
+        }
+        Some(Err(err)) => {
+            problems.push(format!("{key}: {err}"));
+            default
+        }
+    }
+}
+
+/// The interpreter for a pool: the pool's `python`, the host's `python`,
+/// then `PITBOSS_PYTHON`, then the active virtualenv, then `python3`.
+pub fn resolve_interpreter(pool: Option<&Path>, host: Option<&Path>) -> Interpreter {
+    let pick = |path: PathBuf, chosen_by: &str| Interpreter { path, chosen_by: chosen_by.to_owned() };
+    if let Some(path) = pool {
+        return pick(path.to_owned(), "the pool's `python` key");
+    }
+    if let Some(path) = host {
+        return pick(path.to_owned(), "`host.python`");
+    }
+    if let Some(path) = std::env::var_os("PITBOSS_PYTHON").filter(|v| !v.is_empty()) {
+        return pick(PathBuf::from(path), "the PITBOSS_PYTHON environment variable");
+    }
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
+        return pick(Path::new(&venv).join("bin").join("python"), "the active virtualenv (VIRTUAL_ENV)");
+    }
+    pick(PathBuf::from("python3"), "the default `python3` on PATH")
+}
+
+fn default_pool_size() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+fn default_run_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => Path::new(&dir).join("pitboss"),
+        None => std::env::temp_dir().join(format!("pitboss-{}", nix::unistd::getuid())),
+    }
+}
+
+/// The TOML error with its position, plus a did-you-mean for an unknown
+/// key that is close to a known one.
+fn describe_toml_error(err: &toml::de::Error) -> String {
+    let text = err.to_string();
+    let message = err.message();
+    let Some(rest) = message.strip_prefix("unknown field `") else { return text.trim_end().to_owned() };
+    let Some((unknown, expected)) = rest.split_once('`') else { return text.trim_end().to_owned() };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let closest = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(unknown, k), *k))
+        .min()
+        .filter(|(distance, k)| *distance <= 2.max(k.len() / 4));
+    match closest {
+        Some((_, suggestion)) => format!("{}\n    did you mean `{suggestion}`?", text.trim_end()),
+        None => text.trim_end().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

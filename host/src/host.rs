@@ -1,0 +1,155 @@
+//! [`Host`]: the running pitboss, embeddable in a Rust program. Starts every
+//! configured pool behind its routing policy, runs calls, shuts down.
+//!
+//! Owns: the run directory (its lock, worker records, sockets), the policy
+//! engine, the worker-spawning thread and the pools. Must not touch: the
+//! network (the `api` module serves a Host) or command-line concerns.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::config::{Config, Profile};
+use crate::policy::{self, PolicyEngine, PolicySource, PoolInfo, RouterInstance, RouterPolicy, RouterSlot};
+use crate::pool::{CallError, CallOutput, CallRequest, ErrorKind, Pool, PoolServices, PoolStatus};
+use crate::worker::{Spawner, WorkerRecords};
+
+pub struct Host {
+    config: Config,
+    pools: BTreeMap<String, Pool>,
+    _engine: PolicyEngine,
+    _lock: Flock<File>,
+}
+
+impl Host {
+    /// Starts every pool and waits until all their workers are ready. Must
+    /// run inside a tokio runtime. On any failure, whatever started is
+    /// stopped again and the error says what failed.
+    pub async fn start(config: Config) -> Result<Host> {
+        let run_dir = &config.host.run_dir;
+        fs::create_dir_all(run_dir).with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
+        let _ = fs::set_permissions(run_dir, fs::Permissions::from_mode(0o700));
+        let lock = lock_run_dir(run_dir)?;
+
+        let run_id = format!("{}-{}", std::process::id(), SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos());
+        let records = WorkerRecords::open(run_dir, run_id)
+            .with_context(|| format!("cannot use the run directory {}", run_dir.display()))?;
+        let swept = records.sweep().context("sweeping workers of an earlier run")?;
+        if swept > 0 {
+            tracing::warn!(swept, "killed workers left behind by an earlier run of this run directory");
+        }
+        let socket_dir = run_dir.join("sockets");
+        fs::create_dir_all(&socket_dir).with_context(|| format!("cannot create {}", socket_dir.display()))?;
+
+        let engine = PolicyEngine::new(config.host.policy_cache.clone())?;
+        let services = PoolServices {
+            spawner: Spawner::start(tokio::runtime::Handle::current()).context("cannot start the worker spawner")?,
+            records,
+            socket_dir,
+        };
+
+        let mut pools = BTreeMap::new();
+        for (index, pool_config) in config.pools.iter().enumerate() {
+            let started = async {
+                let router = start_router(&engine, pool_config)?;
+                Pool::start(pool_config.clone(), index, router, services.clone()).await.map_err(anyhow::Error::from)
+            };
+            match started.await {
+                Ok(pool) => {
+                    tracing::info!(pool = %pool_config.name, size = pool_config.size, "pool ready");
+                    pools.insert(pool_config.name.clone(), pool);
+                }
+                Err(err) => {
+                    for pool in pools.values() {
+                        pool.shutdown(Duration::ZERO).await;
+                    }
+                    return Err(err.context(format!("pool `{}` did not start", pool_config.name)));
+                }
+            }
+        }
+        Ok(Host { config, pools, _engine: engine, _lock: lock })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs one call on `pool`.
+    pub async fn execute(&self, pool: &str, request: CallRequest) -> Result<CallOutput, CallError> {
+        match self.pools.get(pool) {
+            Some(pool) => pool.execute(request).await,
+            None => {
+                let known: Vec<&str> = self.pools.keys().map(String::as_str).collect();
+                let message = format!("no pool named `{pool}`; the pools are: {}", known.join(", "));
+                Err(CallError::new(ErrorKind::UnknownPool, message))
+            }
+        }
+    }
+
+    /// Every pool's state, in name order.
+    pub async fn status(&self) -> Vec<PoolStatus> {
+        let mut all = Vec::new();
+        for pool in self.pools.values() {
+            all.extend(pool.status().await);
+        }
+        all
+    }
+
+    /// Stops taking calls, lets calls in flight finish within the
+    /// configured grace period, then stops every worker. Returns when no
+    /// worker process is left.
+    pub async fn shutdown(&self) {
+        let grace = self.config.host.shutdown_grace;
+        let stops: Vec<_> = self.pools.values().map(|pool| pool.shutdown(grace)).collect();
+        for stop in stops {
+            stop.await;
+        }
+    }
+}
+
+fn start_router(engine: &PolicyEngine, pool: &crate::config::PoolConfig) -> Result<RouterInstance> {
+    let source = PolicySource::parse(&pool.router).with_context(|| format!("pool.{}.router", pool.name))?;
+    let policy = RouterPolicy::load(engine, &source, pool.router_limits.clone())?;
+    let info = PoolInfo {
+        name: pool.name.clone(),
+        profile: match pool.profile {
+            Profile::Process => policy::Profile::Process,
+        },
+        size: pool.size,
+        threads_per_worker: 1,
+        options: pool.router_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    RouterInstance::new(RouterSlot::new(policy), info)
+        .map_err(|fault| anyhow!("routing policy {source} refused pool `{}`: {fault}", pool.name))
+}
+
+/// One host per run directory: a second one would sweep the first one's
+/// workers.
+fn lock_run_dir(run_dir: &std::path::Path) -> Result<Flock<File>> {
+    let path = run_dir.join("host.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            let _ = fs::write(&path, format!("{}\n", std::process::id()));
+            Ok(lock)
+        }
+        Err((_, _)) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "the run directory {} is in use by another pitboss (pid {}); stop it or set a different host.run_dir",
+                run_dir.display(),
+                holder.trim()
+            )
+        }
+    }
+}
