@@ -192,8 +192,9 @@ impl Config {
             problems.push("no pools: add at least one [[pool]] table with `name` and `adapter`".to_owned());
         }
         let mut pools = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
         for pool in raw.pool {
-            if pools.iter().any(|p: &PoolConfig| p.name == pool.name) {
+            if !names.insert(pool.name.clone()) {
                 problems.push(format!("pool.{}: the name is used twice; pool names must be unique", pool.name));
                 continue;
             }

@@ -190,3 +190,100 @@ fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> io::Resul
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// docs/protocol_vectors.json: the golden frames the Python tests check
+    /// too.
+    fn vectors() -> Vec<Value> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol_vectors.json");
+        let text = std::fs::read_to_string(path).expect("docs/protocol_vectors.json is readable");
+        let document: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(document["protocol"], PROTOCOL_VERSION);
+        document["vectors"].as_array().unwrap().clone()
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn content_type(vector: &Value) -> ContentType {
+        ContentType::from_code(vector["content_type"].as_u64().unwrap() as u8).unwrap()
+    }
+
+    fn expected(vector: &Value) -> Frame {
+        let id = vector["request_id"].as_u64().unwrap();
+        let payload = || Bytes::from(unhex(vector["payload_hex"].as_str().unwrap()));
+        let body = || vector["body_text"].as_str().unwrap().as_bytes();
+        match vector["kind"].as_str().unwrap() {
+            "hello" => Frame::Hello(serde_json::from_slice(body()).unwrap()),
+            "call" => Frame::Call {
+                id,
+                tool: vector["tool"].as_str().unwrap().to_owned(),
+                content_type: content_type(vector),
+                payload: payload(),
+            },
+            "result" => Frame::Result { id, content_type: content_type(vector), payload: payload() },
+            "error" => Frame::Error { id, error: serde_json::from_slice(body()).unwrap() },
+            "cancel" => Frame::Cancel { id },
+            "ping" => Frame::Ping { id },
+            "pong" => Frame::Pong { id },
+            "shutdown" => Frame::Shutdown,
+            other => panic!("unknown vector kind {other}"),
+        }
+    }
+
+    #[test]
+    fn every_golden_vector_decodes() {
+        let vectors = vectors();
+        assert!(vectors.len() >= 10);
+        for vector in vectors {
+            let bytes = unhex(vector["hex"].as_str().unwrap());
+            let length = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+            assert_eq!(length, bytes.len() - 4, "{}: length prefix", vector["name"]);
+            let decoded = Frame::decode(Bytes::from(bytes[4..].to_vec())).unwrap();
+            assert_eq!(decoded, expected(&vector), "{}", vector["name"]);
+        }
+    }
+
+    #[test]
+    fn host_frames_encode_to_the_golden_bytes() {
+        for vector in vectors() {
+            let frame = expected(&vector);
+            if matches!(frame, Frame::Call { .. } | Frame::Cancel { .. } | Frame::Ping { .. } | Frame::Shutdown) {
+                let encoded = frame.encode().unwrap();
+                assert_eq!(encoded.to_vec(), unhex(vector["hex"].as_str().unwrap()), "{}", vector["name"]);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_read_back_from_a_stream() {
+        let frames = [Frame::Ping { id: 3 }, Frame::Shutdown];
+        let mut stream = Vec::new();
+        for frame in &frames {
+            stream.extend_from_slice(&frame.encode().unwrap());
+        }
+        let mut reader = &stream[..];
+        for frame in frames {
+            assert_eq!(read_frame(&mut reader).await.unwrap(), Some(frame));
+        }
+        assert_eq!(read_frame(&mut reader).await.unwrap(), None, "clean end of stream");
+    }
+
+    #[tokio::test]
+    async fn malformed_input_is_an_error_not_a_panic() {
+        let oversized = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+        assert!(read_frame(&mut &oversized[..]).await.is_err());
+        let truncated = [0, 0, 0, 20, 2, 0];
+        assert!(read_frame(&mut &truncated[..]).await.is_err());
+        for body in [&[0x02u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 9][..], &[0x03, 0, 0, 0, 0, 0, 0, 0, 1][..], &[0x7f, 0, 0, 0, 0, 0, 0, 0, 1][..], &[0x01, 0, 0, 0, 0, 0, 0, 0, 0, b'{'][..]] {
+            assert!(Frame::decode(Bytes::copy_from_slice(body)).is_err(), "{body:?}");
+        }
+        let long_tool = Frame::Call { id: 1, tool: "x".repeat(70_000), content_type: ContentType::Json, payload: Bytes::new() };
+        assert!(long_tool.encode().is_err());
+    }
+}
