@@ -1,0 +1,163 @@
+//! `pitboss serve` and `pitboss call` as a user runs them: the real binary,
+//! real Python workers, gRPC over loopback, and signals to the host.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::alive;
+
+const PITBOSS: &str = env!("CARGO_BIN_EXE_pitboss");
+
+struct Served {
+    child: Child,
+    address: String,
+    run_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn start(pool_settings: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let address = free_address();
+        let config = support::config(dir.path(), pool_settings);
+        let text = std::fs::read_to_string(&config.source).unwrap();
+        let text = text.replacen("[host]\n", &format!("[host]\napi_address = {address:?}\n"), 1);
+        std::fs::write(&config.source, text).unwrap();
+        let child = Command::new(PITBOSS)
+            .args(["serve", "--config"])
+            .arg(&config.source)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let served = Served { child, address, run_dir: dir.path().join("run"), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while served.call(&["pool", "noop"]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "pitboss serve did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        served
+    }
+
+    fn call(&self, args: &[&str]) -> Output {
+        Command::new(PITBOSS).args(["call", "--addr", &self.address]).args(args).output().unwrap()
+    }
+
+    fn worker_pids(&self) -> Vec<u32> {
+        worker_pids(&self.run_dir)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn worker_pids(run_dir: &Path) -> Vec<u32> {
+    std::fs::read_dir(run_dir.join("workers"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.path().file_stem()?.to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn call_prints_results_and_errors_with_the_documented_exit_codes() {
+    let served = Served::start("size = 2");
+
+    let ok = served.call(&["pool", "add", r#"{"a": 2, "b": 40}"#]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout), "42\n");
+
+    let echo = served.call(&["pool", "echo", r#"{"name": "pitboss", "n": null}"#]);
+    assert_eq!(text(&echo.stdout), "{\"name\":\"pitboss\",\"n\":null}\n");
+
+    let raised = served.call(&["pool", "fail", r#"{"message": "nope"}"#]);
+    assert_eq!(raised.status.code(), Some(1));
+    let stderr = text(&raised.stderr);
+    assert!(stderr.contains("error: exception: ValueError: nope"), "{stderr}");
+    assert!(stderr.contains("Traceback"), "the traceback is shown: {stderr}");
+
+    let unknown = served.call(&["pool", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("error: unknown_tool:"), "{}", text(&unknown.stderr));
+
+    let unknown_pool = served.call(&["nowhere", "echo"]);
+    assert_eq!(unknown_pool.status.code(), Some(1));
+    assert!(text(&unknown_pool.stderr).contains("error: unknown_pool: no pool named `nowhere`"));
+
+    let bad_json = served.call(&["pool", "echo", "{oops"]);
+    assert_eq!(bad_json.status.code(), Some(2), "bad usage");
+    assert!(text(&bad_json.stderr).contains("not valid JSON"), "{}", text(&bad_json.stderr));
+
+    let timeout = served.call(&["--timeout", "300ms", "pool", "sleep", r#"{"seconds": 5}"#]);
+    assert_eq!(timeout.status.code(), Some(1));
+    assert!(text(&timeout.stderr).contains("error: timeout:"), "{}", text(&timeout.stderr));
+
+    let after = served.call(&["pool", "add", r#"{"a": 1, "b": 1}"#]);
+    assert_eq!(text(&after.stdout), "2\n", "still serving after all that: {}", text(&after.stderr));
+}
+
+#[test]
+fn call_without_a_host_says_where_it_looked() {
+    let address = free_address();
+    let output = Command::new(PITBOSS).args(["call", "--addr", &address, "pool", "echo"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains(&format!("cannot reach pitboss at {address}")), "{}", text(&output.stderr));
+}
+
+#[test]
+fn sigterm_stops_the_host_and_every_worker() {
+    let mut served = Served::start("size = 2");
+    let pids = served.worker_pids();
+    assert_eq!(pids.len(), 2);
+    kill(Pid::from_raw(served.child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = served.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a clean exit");
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} outlived the host");
+    }
+}
+
+#[test]
+fn a_host_killed_with_sigkill_leaves_no_worker_behind() {
+    let mut served = Served::start("size = 3");
+    let pids = served.worker_pids();
+    assert_eq!(pids.len(), 3);
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pids.iter().any(|&pid| alive(pid)) {
+        assert!(Instant::now() < deadline, "workers still alive 3 s after the host died: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_the_file_and_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[[pool]]\nname = \"p\"\nadapter = \"m\"\nsise = 2\n").unwrap();
+    let output = Command::new(PITBOSS).args(["serve", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains(&path.display().to_string()) && stderr.contains("did you mean `size`?"), "{stderr}");
+}
