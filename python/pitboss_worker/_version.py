@@ -1,0 +1,3 @@
+"""The package version, reported in the HELLO frame."""
+
+__version__ = "0.1.0"

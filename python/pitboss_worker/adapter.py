@@ -1,0 +1,225 @@
+"""The adapter API: @tool, the Adapter base class, and loading an adapter spec.
+
+An adapter spec is either ``module:Class`` (the class is instantiated with no
+arguments, its ``setup()`` runs once, and its @tool methods are the tools) or
+``module`` (the module's @tool functions are the tools).
+"""
+
+import importlib
+import inspect
+import os
+import sys
+
+#: Attribute that @tool sets on the function it marks; its value is the tool name.
+TOOL_ATTRIBUTE = "__pitboss_tool__"
+MAX_TOOL_NAME_BYTES = 0xFFFF
+
+
+class AdapterError(Exception):
+    """An adapter spec that cannot be turned into a set of tools."""
+
+
+def _check_tool_name(name):
+    if not isinstance(name, str):
+        raise TypeError("a tool name must be a str, got %r" % (name,))
+    if not name:
+        raise ValueError("a tool name must not be empty")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("tool name %r is not encodable as UTF-8" % (name,)) from None
+    if size > MAX_TOOL_NAME_BYTES:
+        raise ValueError("tool name is %d bytes of UTF-8, the limit is %d" % (size, MAX_TOOL_NAME_BYTES))
+
+
+def tool(func=None, *, name=None):
+    """Mark a method or function as a tool the host can call.
+
+    ``@tool`` names the tool after the function; ``@tool(name="other-name")``
+    (or ``@tool("other-name")``) names it explicitly. Works on methods of an
+    adapter class (including staticmethod/classmethod) and on module-level
+    functions. Returns the function unchanged.
+    """
+    if isinstance(func, str) and name is None:
+        func, name = None, func
+    if name is not None:
+        _check_tool_name(name)
+
+    def mark(f):
+        target = f.__func__ if isinstance(f, (staticmethod, classmethod)) else f
+        if not callable(target):
+            raise TypeError("@tool marks functions and methods, not %r" % (f,))
+        tool_name = name if name is not None else getattr(target, "__name__", None)
+        if tool_name is None or tool_name == "<lambda>":
+            raise ValueError("@tool needs name=... for %r" % (f,))
+        _check_tool_name(tool_name)
+        try:
+            setattr(target, TOOL_ATTRIBUTE, tool_name)
+        except (AttributeError, TypeError):
+            raise TypeError("@tool cannot mark %r (it takes no attributes)" % (f,)) from None
+        return f
+
+    if func is None:
+        return mark
+    return mark(func)
+
+
+class Adapter:
+    """Optional base class for adapters.
+
+    Any class works as an adapter (it needs a no-argument constructor); this
+    one only documents the hook. Subclass it and mark methods with @tool.
+    """
+
+    def setup(self):
+        """Runs once per worker process, after construction and before the
+        worker reports ready. Load models, open connections, warm caches here.
+        An exception here makes the worker exit with status 3."""
+
+
+class Tool:
+    """One callable tool: its name, the bound callable and its signature
+    (None when Python cannot tell, in which case arguments are not checked
+    before the call)."""
+
+    __slots__ = ("name", "func", "signature")
+
+    def __init__(self, name, func):
+        self.name = name
+        self.func = func
+        try:
+            self.signature = inspect.signature(func)
+        except (TypeError, ValueError):
+            self.signature = None
+
+    def __repr__(self):
+        return "Tool(%r, %r)" % (self.name, self.func)
+
+
+def _marker(value):
+    raw = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+    try:
+        name = getattr(raw, TOOL_ATTRIBUTE, None)
+    except Exception:  # objects with exotic __getattr__
+        return None
+    return name if isinstance(name, str) else None
+
+
+def tools_of_instance(instance):
+    """{tool name: Tool} for the @tool methods of an adapter instance.
+
+    The most derived definition of an attribute decides: a subclass that
+    overrides a tool method without @tool removes the tool.
+    """
+    marked = {}  # attribute name -> tool name
+    for klass in reversed(type(instance).__mro__):
+        for attr, value in vars(klass).items():
+            tool_name = _marker(value)
+            if tool_name is None:
+                marked.pop(attr, None)
+            else:
+                marked[attr] = tool_name
+    tools = {}
+    for attr, tool_name in marked.items():
+        if tool_name in tools:
+            raise AdapterError(
+                "two methods of %s are both the tool %r" % (type(instance).__qualname__, tool_name)
+            )
+        tools[tool_name] = Tool(tool_name, getattr(instance, attr))
+    return tools
+
+
+def tools_of_module(module):
+    """{tool name: Tool} for the @tool functions found in a module's namespace."""
+    tools = {}
+    for value in list(vars(module).values()):
+        if isinstance(value, type) or not callable(value):
+            continue
+        tool_name = _marker(value)
+        if tool_name is None:
+            continue
+        existing = tools.get(tool_name)
+        if existing is not None:
+            if existing.func is value:
+                continue
+            raise AdapterError("two functions of %s are both the tool %r" % (module.__name__, tool_name))
+        tools[tool_name] = Tool(tool_name, value)
+    return tools
+
+
+def collect_tools(target):
+    """{tool name: Tool} for a module or an adapter instance."""
+    if inspect.ismodule(target):
+        return tools_of_module(target)
+    return tools_of_instance(target)
+
+
+class LoadedAdapter:
+    """The result of load_adapter: the spec, the module, the instance (None
+    for a module spec) and the tools."""
+
+    __slots__ = ("spec", "module", "instance", "tools")
+
+    def __init__(self, spec, module, instance, tools):
+        self.spec = spec
+        self.module = module
+        self.instance = instance
+        self.tools = tools
+
+
+def parse_spec(spec):
+    """('module', 'Class') or ('module', None); AdapterError when malformed."""
+    module_name, sep, attr_path = spec.partition(":")
+    module_name = module_name.strip()
+    attr_path = attr_path.strip()
+    if not module_name or (sep and not attr_path) or ":" in attr_path:
+        raise AdapterError("an adapter spec is 'module' or 'module:Class', got %r" % (spec,))
+    return module_name, (attr_path or None)
+
+
+def extend_sys_path(paths=(), include_cwd=True):
+    """Put the --path directories (in order), then the current directory, at
+    the front of sys.path, without duplicates."""
+    wanted = [os.path.abspath(p) for p in paths]
+    if include_cwd:
+        wanted.append(os.getcwd())
+    front = []
+    for entry in wanted:
+        if entry not in front:
+            front.append(entry)
+    sys.path[:] = front + [p for p in sys.path if p not in front and not (include_cwd and p == "")]
+
+
+def load_adapter(spec, paths=(), include_cwd=True):
+    """Import the adapter, instantiate and set it up (class spec), collect its tools.
+
+    Exceptions from the adapter's own code (import, constructor, setup)
+    propagate unchanged; problems with the spec itself raise AdapterError.
+    """
+    module_name, attr_path = parse_spec(spec)
+    extend_sys_path(paths, include_cwd=include_cwd)
+    module = importlib.import_module(module_name)
+    instance = None
+    if attr_path is None:
+        tools = tools_of_module(module)
+    else:
+        factory = module
+        for part in attr_path.split("."):
+            try:
+                factory = getattr(factory, part)
+            except AttributeError:
+                raise AdapterError(
+                    "module %r has no attribute %r (adapter spec %r)" % (module_name, attr_path, spec)
+                ) from None
+        if not callable(factory):
+            raise AdapterError("%s:%s is not a class" % (module_name, attr_path))
+        instance = factory()
+        setup = getattr(instance, "setup", None)
+        if setup is not None:
+            if not callable(setup):
+                raise AdapterError("%s:%s.setup is not callable" % (module_name, attr_path))
+            setup()
+        tools = tools_of_instance(instance)
+    if not tools:
+        raise AdapterError("adapter %r defines no @tool %s" % (spec, "functions" if attr_path is None else "methods"))
+    return LoadedAdapter(spec, module, instance, tools)

@@ -1,0 +1,93 @@
+"""python -m pitboss_worker --adapter SPEC --socket PATH [--threads N] [--path DIR]..."""
+
+import argparse
+import os
+import socket
+import sys
+import traceback
+
+from ._version import __version__
+from .adapter import AdapterError, load_adapter
+from .dispatch import Dispatcher, warm_up
+from .worker import (
+    EXIT_ADAPTER,
+    EXIT_CONNECT,
+    Worker,
+    log,
+    watch_parent,
+    worker_facts,
+)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an integer" % (text,)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1, got %d" % value)
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m pitboss_worker",
+        description="A pitboss worker: serves the tools of one Python adapter to the pitboss host "
+        "over a Unix socket. The host starts it; see docs/protocol.md.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--adapter", required=True, metavar="SPEC",
+                        help="'module:Class' (instantiated, setup() called, @tool methods served) "
+                        "or 'module' (@tool functions served)")
+    parser.add_argument("--socket", required=True, metavar="PATH",
+                        help="Unix socket the host listens on; the worker connects to it")
+    parser.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                        help="calls served at once (default 1: one call at a time)")
+    parser.add_argument("--path", action="append", default=[], metavar="DIR",
+                        help="directory put at the front of sys.path before importing the adapter "
+                        "(repeatable; the current directory is always added)")
+    parser.add_argument("--version", action="version", version="pitboss-worker " + __version__)
+    return parser
+
+
+def main(argv=None):
+    """Run a worker; returns the process exit status."""
+    # First thing: a parent that dies while the adapter imports must not leave us behind.
+    watch_parent()
+
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        log("warning: ignoring unknown arguments: %s" % " ".join(unknown))
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(args.socket)
+    except OSError as exc:
+        log("error: cannot connect to the host socket %r: %s" % (args.socket, exc))
+        return EXIT_CONNECT
+
+    try:
+        loaded = load_adapter(args.adapter, args.path)
+    except AdapterError as exc:
+        log("error: cannot load adapter %r: %s" % (args.adapter, exc))
+        return EXIT_ADAPTER
+    except BaseException:
+        log("error: cannot load adapter %r:" % (args.adapter,))
+        traceback.print_exc()
+        sys.stderr.flush()
+        return EXIT_ADAPTER
+
+    dispatcher = Dispatcher(loaded.tools)
+    warm_up()
+    facts = worker_facts(args.adapter, dispatcher.tool_names, args.threads)
+    status = Worker(sock, dispatcher, facts, threads=args.threads).serve()
+    try:
+        sock.close()
+    except OSError:
+        pass
+    return status
+
+
+def console_main():
+    """Entry point of the `pitboss-worker` console script."""
+    sys.exit(main())
