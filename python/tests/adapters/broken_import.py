@@ -1,0 +1,3 @@
+"""An adapter module whose import fails."""
+
+raise RuntimeError("import exploded")

@@ -1,0 +1,207 @@
+"""The adapter API: @tool, collecting tools, loading an adapter spec."""
+
+import os
+import sys
+import types
+
+import pytest
+
+import pitboss_worker
+from pitboss_worker import Adapter, tool
+from pitboss_worker.adapter import (
+    AdapterError,
+    collect_tools,
+    extend_sys_path,
+    load_adapter,
+    parse_spec,
+    tools_of_instance,
+    tools_of_module,
+)
+from worker_harness import ADAPTERS_DIR, EXAMPLES_DIR
+
+
+@pytest.fixture
+def clean_imports(monkeypatch):
+    """Adapter modules imported by a test are forgotten after it; sys.path is restored."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_public_api():
+    assert pitboss_worker.__version__ == "0.1.0"
+    assert set(pitboss_worker.__all__) == {"Adapter", "tool", "__version__"}
+
+
+def test_installed_metadata_matches_version():
+    from importlib import metadata
+
+    try:
+        installed = metadata.version("pitboss-worker")
+    except metadata.PackageNotFoundError:
+        installed = None  # running from the source tree (PYTHONPATH=python)
+    assert installed in (None, pitboss_worker.__version__)
+
+
+def test_tool_forms():
+    @tool
+    def plain():
+        return 1
+
+    @tool(name="other-name")
+    def named():
+        return 2
+
+    @tool("positional-name")
+    def positional():
+        return 3
+
+    @tool()
+    def empty_parens():
+        return 4
+
+    assert plain() == 1, "the decorator returns the function unchanged"
+    module = types.ModuleType("m")
+    module.plain, module.named, module.positional, module.empty_parens = plain, named, positional, empty_parens
+    module.alias = plain  # the same function twice is one tool
+    module.helper = lambda: None  # not marked
+    assert sorted(tools_of_module(module)) == ["empty_parens", "other-name", "plain", "positional-name"]
+
+
+@pytest.mark.parametrize("bad", ["", 5])
+def test_tool_rejects_bad_names(bad):
+    with pytest.raises((ValueError, TypeError)):
+        tool(name=bad)
+
+
+def test_tool_needs_a_name_for_lambdas():
+    with pytest.raises(ValueError):
+        tool(lambda: None)
+
+
+class Base(Adapter):
+    @tool
+    def kept(self):
+        return "base"
+
+    @tool
+    def overridden_plain(self):
+        return "base"
+
+    @tool
+    def overridden_tool(self):
+        return "base"
+
+    def helper(self):
+        return "helper"
+
+
+class Child(Base):
+    def overridden_plain(self):  # no @tool: no longer a tool
+        return "child"
+
+    @tool
+    def overridden_tool(self):
+        return "child"
+
+    @tool(name="static")
+    @staticmethod
+    def static_method(x):
+        return x
+
+    @classmethod
+    @tool
+    def klass(cls):
+        return cls.__name__
+
+    @property
+    def some_property(self):
+        raise AssertionError("collecting tools must not evaluate properties")
+
+
+def test_tools_of_instance():
+    tools = collect_tools(Child())
+    assert sorted(tools) == ["kept", "klass", "overridden_tool", "static"]
+    assert tools["overridden_tool"].func() == "child"
+    assert tools["kept"].func() == "base"
+    assert tools["static"].func(5) == 5
+    assert tools["klass"].func() == "Child"
+    # bound methods: the signature leaves `self` out
+    assert list(tools["kept"].signature.parameters) == []
+
+
+def test_duplicate_tool_names_are_an_error():
+    class Dup:
+        @tool(name="x")
+        def a(self):
+            pass
+
+        @tool(name="x")
+        def b(self):
+            pass
+
+    with pytest.raises(AdapterError):
+        tools_of_instance(Dup())
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [("mod", ("mod", None)), ("mod:Cls", ("mod", "Cls")), ("pkg.mod:Outer.Inner", ("pkg.mod", "Outer.Inner"))],
+)
+def test_parse_spec(spec, expected):
+    assert parse_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", ":Cls", "mod:", "a:b:c"])
+def test_parse_spec_rejects(spec):
+    with pytest.raises(AdapterError):
+        parse_spec(spec)
+
+
+def test_load_class_spec_calls_setup_once(clean_imports):
+    loaded = load_adapter("sample_tools:Sample", [ADAPTERS_DIR])
+    assert loaded.instance.setup_calls == 1
+    assert loaded.tools["setup_count"].func() == 1
+    assert "other-name" in loaded.tools and "renamed" not in loaded.tools
+    assert "module_add" not in loaded.tools, "a class spec serves the class's tools only"
+    assert sys.path[0] == ADAPTERS_DIR
+    assert sys.path[1] == os.getcwd()
+
+
+def test_load_module_spec(clean_imports):
+    loaded = load_adapter("sample_tools", [ADAPTERS_DIR])
+    assert loaded.instance is None
+    assert sorted(loaded.tools) == ["module-echo", "module_add"]
+
+
+def test_load_example_adapter(clean_imports):
+    loaded = load_adapter("adapter:Example", [EXAMPLES_DIR])
+    assert sorted(loaded.tools) == ["add", "echo", "fail", "fib", "matmul", "noop", "pid", "sleep"]
+    assert loaded.tools["fib"].func(20) == 6765
+    assert sorted(load_adapter("adapter", [EXAMPLES_DIR]).tools) == ["shout"]
+
+
+def test_load_failures(clean_imports):
+    with pytest.raises(ModuleNotFoundError):
+        load_adapter("no_such_module_pbw", [ADAPTERS_DIR])
+    with pytest.raises(RuntimeError, match="import exploded"):
+        load_adapter("broken_import", [ADAPTERS_DIR])
+    with pytest.raises(RuntimeError, match="setup exploded"):
+        load_adapter("broken_setup:Broken", [ADAPTERS_DIR])
+    with pytest.raises(AdapterError, match="no @tool"):
+        load_adapter("no_tools:Empty", [ADAPTERS_DIR])
+    with pytest.raises(AdapterError, match="no @tool"):
+        load_adapter("no_tools", [ADAPTERS_DIR])
+    with pytest.raises(AdapterError, match="no attribute"):
+        load_adapter("no_tools:Missing", [ADAPTERS_DIR])
+
+
+def test_extend_sys_path_order_and_no_duplicates(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "path", ["", "/x", str(tmp_path)])
+    extend_sys_path([str(tmp_path), "/y"])
+    assert sys.path[:3] == [str(tmp_path), "/y", os.getcwd()]
+    assert sys.path.count(str(tmp_path)) == 1
+    assert "" not in sys.path
+    assert "/x" in sys.path

@@ -1,0 +1,359 @@
+"""Real worker processes against a test-owned listening socket."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+
+import pytest
+
+import pitboss_worker
+from pitboss_worker import protocol as P
+from worker_harness import TIMEOUT, Answer, Host, wait_until, worker_command, worker_env
+
+SAMPLE_TOOLS = sorted(
+    [
+        "add", "echo", "other-name", "setup_count", "reverse", "as_bytearray", "as_memoryview",
+        "nothing", "numbers", "fail_custom", "type_error_inside", "unencodable", "spin", "sleep",
+        "sleep_marked", "modules", "module_files", "pid", "exit_worker", "static_tool", "class-tool",
+    ]
+)
+
+
+def test_hello_facts(host):
+    hello = host.start_ready()
+    assert hello["protocol"] == 1
+    assert hello["pid"] == host.proc.pid
+    assert hello["python_version"] == "%d.%d.%d" % sys.version_info[:3]
+    assert hello["implementation"] == sys.implementation.name
+    assert hello["free_threaded_build"] is (sysconfig.get_config_var("Py_GIL_DISABLED") == 1)
+    expected_gil = sys._is_gil_enabled() if hasattr(sys, "_is_gil_enabled") else True
+    assert hello["gil_enabled"] is expected_gil
+    assert hello["tools"] == SAMPLE_TOOLS
+    assert hello["adapter"] == "sample_tools:Sample"
+    assert hello["threads"] == 1
+    assert hello["package_version"] == pitboss_worker.__version__ == "0.1.0"
+    assert list(hello) == [
+        "protocol", "pid", "python_version", "implementation", "free_threaded_build",
+        "gil_enabled", "tools", "adapter", "threads", "package_version",
+    ]
+
+
+def test_calls(host):
+    host.start_ready()
+    assert host.roundtrip(1, "add", {"a": 2, "b": 40}).payload == b"42"
+    assert host.roundtrip(2, "echo", {"t": "\u00e9\u2603"}).value == {"t": "\u00e9\u2603"}
+    assert host.roundtrip(3, "nothing").payload == b"null"
+    assert host.roundtrip(4, "setup_count").value == 1
+    ans = host.roundtrip(5, "reverse", raw=b"\x01\x02\x03")
+    assert (ans.content_type, ans.payload) == (P.CONTENT_RAW, b"\x03\x02\x01")
+    assert host.roundtrip(2 ** 64 - 1, "pid").value == host.proc.pid
+
+    assert host.roundtrip(6, "nope").error["kind"] == "unknown_tool"
+    assert host.roundtrip(7, "add", {"a": 1}).error["kind"] == "bad_arguments"
+    err = host.roundtrip(8, "fail_custom", {"message": "m"}).error
+    assert (err["kind"], err["type"], err["message"]) == ("exception", "sample_tools.CustomError", "m")
+    assert "in fail_custom" in err["traceback"]
+    assert host.roundtrip(9, "type_error_inside", {"x": 1}).error["kind"] == "exception"
+    assert host.roundtrip(10, "add", raw=b"{bad").error["kind"] == "bad_arguments"
+    host.send_frame(P.CALL, 11, P.encode_call_body("add", P.CONTENT_JSON, b"{bad"))
+    assert host.answer().error["kind"] == "bad_payload"
+    assert host.roundtrip(12, "nothing", content_type=5).error["kind"] == "bad_payload"
+    assert host.roundtrip(13, "unencodable").error["kind"] == "bad_result"
+    # still healthy after all that
+    assert host.roundtrip(14, "add", {"a": 1, "b": 1}).value == 2
+
+
+def test_pipelined_calls_answer_in_order(host):
+    host.start_ready()
+    for i in range(1, 51):
+        host.call(i, "add", {"a": i, "b": 1})
+    for i in range(1, 51):
+        ans = host.answer()
+        assert (ans.request_id, ans.value) == (i, i + 1)
+
+
+def test_example_adapter(host):
+    hello = host.start_ready("adapter:Example")
+    assert hello["tools"] == ["add", "echo", "fail", "fib", "matmul", "noop", "pid", "sleep"]
+    assert host.roundtrip(1, "echo", {"x": [1, None]}).value == {"x": [1, None]}
+    assert host.roundtrip(2, "add", {"a": 1, "b": 2}).value == 3
+    assert host.roundtrip(3, "sleep", {"seconds": 0.01}).value == 0.01
+    err = host.roundtrip(4, "fail").error
+    assert (err["kind"], err["type"], err["message"]) == ("exception", "ValueError", "boom")
+    assert host.roundtrip(5, "fail", {"message": "m"}).error["message"] == "m"
+    assert host.roundtrip(6, "fib", {"n": 15}).value == 610
+    assert host.roundtrip(7, "noop").payload == b"null"
+    assert host.roundtrip(8, "pid").value == host.proc.pid
+    ans = host.roundtrip(9, "matmul", {"n": 4})
+    if importlib.util.find_spec("numpy") is not None:
+        assert ans.value["n"] == 4
+    else:
+        assert ans.error["type"] == "RuntimeError" and "pip install numpy" in ans.error["message"]
+
+
+def test_module_spec(host):
+    hello = host.start_ready("sample_tools")
+    assert hello["tools"] == ["module-echo", "module_add"]
+    assert hello["adapter"] == "sample_tools"
+    assert host.roundtrip(1, "module-echo", {"k": 1}).value == {"k": 1}
+
+
+def test_ping_answered_while_a_cpu_bound_tool_runs(host):
+    host.start_ready()
+    host.call(1, "spin", {"seconds": 1.5})
+    time.sleep(0.2)  # the tool is running on the main thread by now
+    sent = time.monotonic()
+    host.send_frame(P.PING, 77)
+    frame = host.read()
+    latency = time.monotonic() - sent
+    assert (frame.kind, frame.request_id, frame.body) == (P.PONG, 77, b"")
+    assert latency < 0.5, "PONG took %.3f s" % latency
+    ans = host.answer()
+    assert ans.request_id == 1 and ans.value > 0, "the RESULT comes after the PONG"
+
+
+def _start_long_call(host, request_id=1, seconds=1.0):
+    marker = os.path.join(host.dir, "started-%d" % request_id)
+    host.call(request_id, "sleep_marked", {"path": marker, "seconds": seconds})
+    assert wait_until(lambda: os.path.exists(marker)), "the call never started"
+
+
+def test_sigterm_mid_call_finishes_the_call_and_exits_0(host):
+    host.start_ready()
+    _start_long_call(host, 1, 1.0)
+    host.call(2, "add", {"a": 1, "b": 2})  # queued behind call 1
+    host.send_frame(P.PING, 3)
+    assert host.read().kind == P.PONG  # call 2 is queued by now
+    host.proc.send_signal(signal.SIGTERM)
+    ans = host.answer()
+    assert (ans.request_id, ans.error["kind"]) == (2, "shutting_down")
+    host.call(4, "add", {"a": 1, "b": 2})  # arrives after SIGTERM: refused
+    ans = host.answer()
+    assert (ans.request_id, ans.error["kind"]) == (4, "shutting_down")
+    host.send_frame(P.PING, 5)  # still answered while the call finishes
+    assert host.read().kind == P.PONG
+    ans = host.answer()
+    assert (ans.request_id, ans.value) == (1, 1.0)
+    host.read_eof()
+    assert host.wait_exit() == 0
+
+
+def test_sigterm_when_idle_exits_0(host):
+    host.start_ready()
+    started = time.monotonic()
+    host.proc.send_signal(signal.SIGTERM)
+    assert host.wait_exit() == 0
+    assert time.monotonic() - started < 2.0
+
+
+def test_shutdown_frame(host):
+    host.start_ready()
+    _start_long_call(host, 1, 0.8)
+    host.call(2, "nothing")
+    host.send_frame(P.SHUTDOWN, 0)
+    ans = host.answer()
+    assert (ans.request_id, ans.error["kind"]) == (2, "shutting_down")
+    host.send_frame(P.PING, 9)
+    assert host.read().kind == P.PONG
+    ans = host.answer()
+    assert (ans.request_id, ans.value) == (1, 0.8)
+    host.read_eof()
+    assert host.wait_exit() == 0
+
+
+def test_host_closing_the_socket_ends_an_idle_worker(host):
+    host.start_ready()
+    host.conn.close()
+    host.conn = None
+    assert host.wait_exit(5) == 0
+
+
+def test_host_closing_the_socket_ends_a_busy_worker(host):
+    host.start_ready()
+    _start_long_call(host, 1, 30)
+    host.conn.close()
+    host.conn = None
+    assert host.wait_exit(5) == 0
+
+
+@pytest.mark.parametrize(
+    "adapter,expected",
+    [
+        ("no_such_module_pbw", "ModuleNotFoundError"),
+        ("broken_import", "RuntimeError: import exploded"),
+        ("broken_setup:Broken", "RuntimeError: setup exploded"),
+        ("no_tools:Empty", "defines no @tool methods"),
+        ("sample_tools:Missing", "no attribute"),
+    ],
+)
+def test_adapter_failure_exits_3(host, adapter, expected):
+    host.start(adapter)
+    host.accept()  # it connects first, then loads the adapter
+    host.read_eof()  # no HELLO
+    assert host.wait_exit() == 3
+    stderr = host.stderr()
+    assert expected in stderr
+    if "Error" in expected:
+        assert "Traceback (most recent call last)" in stderr
+        assert stderr.rstrip().splitlines()[-1].startswith(expected.split(":")[0])
+
+
+def test_unknown_cli_flags_are_ignored(host):
+    hello = host.start_ready(extra=["--future-flag", "7", "--another-one"])
+    assert hello["threads"] == 1
+    assert host.roundtrip(1, "add", {"a": 1, "b": 1}).value == 2
+    warnings = [line for line in host.stderr().splitlines() if "unknown arguments" in line]
+    assert len(warnings) == 1
+    assert "--future-flag 7 --another-one" in warnings[0]
+
+
+def test_cannot_connect_exits_5(host):
+    missing = os.path.join(host.dir, "nobody-listens.sock")
+    host.start(command=worker_command("sample_tools:Sample", missing))
+    assert host.wait_exit() == 5
+    assert "cannot connect" in host.stderr()
+
+
+def test_usage_error_exits_2(host):
+    host.start(command=[sys.executable, "-m", "pitboss_worker", "--adapter", "x"])
+    assert host.wait_exit() == 2
+    assert "--socket" in host.stderr()
+
+
+def test_unknown_frame_kinds_and_cancel(host):
+    host.start_ready()
+    host.send_frame(0x42, 9, b"whatever")
+    ans = host.answer()
+    assert (ans.request_id, ans.error["kind"]) == (9, "protocol")
+    assert "0x42" in ans.error["message"]
+    host.send_frame(P.RESULT, 10, b"\x00{}")  # a worker-to-host kind
+    assert host.answer().error["kind"] == "protocol"
+    host.send_frame(P.CALL, 11, b"\x00")  # malformed CALL body
+    ans = host.answer()
+    assert (ans.request_id, ans.error["kind"]) == (11, "protocol")
+    host.send_frame(P.CANCEL, 12)  # ignored: nothing comes back for it
+    host.send_frame(P.PING, 13)
+    frame = host.read()
+    assert (frame.kind, frame.request_id) == (P.PONG, 13)
+    assert host.roundtrip(14, "add", {"a": 1, "b": 2}).value == 3
+
+
+def test_oversized_frame_exits_4(host):
+    host.start_ready()
+    host.send((P.MAX_FRAME_LENGTH + 1).to_bytes(4, "big") + bytes([P.CALL]))
+    assert host.wait_exit() == 4
+    assert "exceeds the limit" in host.stderr()
+
+
+def test_tool_raising_system_exit_reports_then_exits(host):
+    host.start_ready()
+    err = host.roundtrip(1, "exit_worker", {"code": 0}).error
+    assert (err["kind"], err["type"]) == ("exception", "SystemExit")
+    assert host.wait_exit() == 1
+
+
+def test_threads_serve_calls_concurrently(host):
+    hello = host.start_ready(extra=["--threads", "2"])
+    assert hello["threads"] == 2
+    started = time.monotonic()
+    host.call(1, "sleep", {"seconds": 0.6})
+    host.call(2, "sleep", {"seconds": 0.6})
+    ids = {host.answer().request_id, host.answer().request_id}
+    assert ids == {1, 2}
+    assert time.monotonic() - started < 1.1
+
+
+def test_calls_import_nothing_new(host):
+    """Every path of a call (results, bytes, each error kind) runs without
+    importing a module after start."""
+    host.start_ready()
+    before = host.roundtrip(1, "modules").value
+    host.roundtrip(2, "add", {"a": 1, "b": 2})
+    host.roundtrip(3, "reverse", raw=b"ab")
+    host.roundtrip(4, "as_memoryview", {"text": "x"})
+    host.roundtrip(5, "fail_custom", {"message": "m"})
+    host.roundtrip(6, "type_error_inside", {"x": 1})
+    host.roundtrip(7, "add", {"a": 1})
+    host.roundtrip(8, "add", raw=b"\xff")
+    host.send_frame(P.CALL, 9, P.encode_call_body("add", P.CONTENT_JSON, b"{bad"))
+    host.answer()
+    host.roundtrip(10, "unencodable")
+    host.roundtrip(11, "nope")
+    host.roundtrip(12, "nothing", content_type=9)
+    host.send_frame(0x42, 13)
+    host.answer()
+    after = host.roundtrip(14, "modules").value
+    assert sorted(set(after) - set(before)) == []
+
+
+def test_worker_imports_only_the_standard_library(host):
+    """Beyond what the interpreter loads at start, the worker (and the test
+    adapter, which imports only os/sys/time) loads standard-library modules only."""
+    baseline = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", "import sys, json; print(json.dumps(sorted(sys.modules)))"],
+            env=worker_env(), stdout=subprocess.PIPE, check=True, timeout=TIMEOUT,
+        ).stdout
+    )
+    host.start_ready()
+    files = host.roundtrip(1, "module_files").value
+    stdlib_dirs = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")}
+    ours = {os.path.realpath(os.path.dirname(pitboss_worker.__file__))}
+    outside = []
+    for name, path in files.items():
+        if name in baseline or path is None or name == "sample_tools":
+            continue
+        real = os.path.realpath(path)
+        if not any(real.startswith(d + os.sep) for d in stdlib_dirs | ours):
+            outside.append((name, path))
+    assert outside == []
+
+
+PARENT_SCRIPT = """
+import subprocess, sys, time
+child = subprocess.Popen(sys.argv[1:])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _gone(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_worker_dies_with_its_parent(host):
+    """An intermediate process starts the worker and is SIGKILLed; the worker
+    notices its parent changed and exits. (No PR_SET_PDEATHSIG here: this
+    checks the worker's own watch.)"""
+    worker_pid = None
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_SCRIPT] + worker_command("sample_tools:Sample", host.socket_path),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=worker_env(),
+    )
+    try:
+        host.accept(proc=parent)
+        worker_pid = int(parent.stdout.readline())
+        assert host.read_hello()["pid"] == worker_pid
+        parent.kill()
+        parent.wait(TIMEOUT)
+        started = time.monotonic()
+        host.read_eof(timeout=5)  # the worker closed its end: it exited
+        assert wait_until(lambda: _gone(worker_pid), timeout=5)
+        assert time.monotonic() - started < 3.0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(TIMEOUT)
+        parent.stdout.close()
+        if worker_pid is not None and not _gone(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)

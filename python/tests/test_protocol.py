@@ -1,0 +1,203 @@
+"""The wire format against the golden vectors in docs/protocol_vectors.json,
+and the frame reader's handling of a byte stream."""
+
+import json
+import socket
+import threading
+
+import pytest
+
+from pitboss_worker import protocol as P
+from pitboss_worker.dispatch import Dispatcher, error
+from pitboss_worker.worker import worker_facts
+from worker_harness import VECTORS_PATH
+
+with open(VECTORS_PATH, encoding="utf-8") as _f:
+    VECTORS_DOC = json.load(_f)
+VECTORS = VECTORS_DOC["vectors"]
+BY_NAME = {v["name"]: v for v in VECTORS}
+
+
+def test_vectors_file_shape():
+    assert VECTORS_DOC["protocol"] == P.PROTOCOL_VERSION == 1
+    assert len(BY_NAME) == len(VECTORS), "vector names are unique"
+    for v in VECTORS:
+        assert v["hex"] == v["hex"].lower()
+        assert v["kind"] in P.KINDS_BY_NAME
+        assert 0 <= v["request_id"] <= P.MAX_REQUEST_ID
+    # what the spec promises the file covers
+    kinds = {v["kind"] for v in VECTORS}
+    assert {"hello", "call", "result", "error", "ping", "pong", "shutdown", "cancel"} <= kinds
+    calls = [v for v in VECTORS if v["kind"] == "call"]
+    assert any(v["payload_hex"] == "" for v in calls)
+    assert any(v["content_type"] == P.CONTENT_RAW for v in calls)
+    assert any(bytes.fromhex(v["payload_hex"]) == b'{"a":1}' for v in calls)
+    assert {v["content_type"] for v in VECTORS if v["kind"] == "result"} == {0, 1}
+    assert any(v["request_id"] > 2 ** 32 for v in VECTORS)
+    assert any(v["request_id"] == 2 ** 64 - 1 for v in VECTORS)
+
+
+@pytest.mark.parametrize("v", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_vector_header_by_hand(v):
+    """The frame layout, checked without the module under test."""
+    data = bytes.fromhex(v["hex"])
+    assert int.from_bytes(data[0:4], "big") == len(data) - 4
+    assert data[4] == P.KINDS_BY_NAME[v["kind"]]
+    assert int.from_bytes(data[5:13], "big") == v["request_id"]
+
+
+def _encode_body(v):
+    kind = v["kind"]
+    if kind == "call":
+        return P.encode_call_body(v["tool"], v["content_type"], bytes.fromhex(v["payload_hex"]))
+    if kind == "result":
+        return P.encode_result_body(v["content_type"], bytes.fromhex(v["payload_hex"]))
+    if kind == "hello":
+        return P.encode_json_text(v["body"]).encode("utf-8")
+    if kind == "error":
+        b = v["body"]
+        return P.encode_error_body(b["kind"], b["type"], b["message"], b["traceback"])
+    return b""
+
+
+@pytest.mark.parametrize("v", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_vector_encode(v):
+    frame = P.encode_frame(P.KINDS_BY_NAME[v["kind"]], v["request_id"], _encode_body(v))
+    assert frame.hex() == v["hex"]
+
+
+@pytest.mark.parametrize("v", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_vector_decode(v):
+    frame = P.decode_frame(bytes.fromhex(v["hex"]))
+    assert frame.kind == P.KINDS_BY_NAME[v["kind"]]
+    assert frame.request_id == v["request_id"]
+    kind = v["kind"]
+    if kind == "call":
+        tool, ct, payload = P.decode_call_body(frame.body)
+        assert (tool, ct, payload.hex()) == (v["tool"], v["content_type"], v["payload_hex"])
+    elif kind == "result":
+        ct, payload = P.decode_result_body(frame.body)
+        assert (ct, payload.hex()) == (v["content_type"], v["payload_hex"])
+    elif kind in ("hello", "error"):
+        assert frame.body == v["body_text"].encode("utf-8")
+        assert P.decode_json_body(frame.body) == v["body"]
+    else:
+        assert frame.body == b""
+
+
+@pytest.mark.parametrize("v", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_vector_through_reader(v):
+    a, b = socket.socketpair()
+    try:
+        data = bytes.fromhex(v["hex"])
+        a.sendall(data + data)
+        a.close()
+        reader = P.FrameReader(b, chunk_size=5)  # tiny reads: frames arrive in pieces
+        first, second = reader.read_frame(), reader.read_frame()
+        assert first == second == P.decode_frame(data)
+        assert reader.read_frame() is None
+    finally:
+        b.close()
+
+
+def test_hello_vector_matches_worker_facts_layout():
+    v = BY_NAME["hello"]
+    facts = worker_facts("adapter:Example", ["echo", "add"], 1)
+    assert list(facts) == list(v["body"]), "same keys, same order"
+    for key, value in v["body"].items():
+        assert type(facts[key]) is type(value), key
+    assert facts["tools"] == ["add", "echo"]
+
+
+def test_error_vectors_match_the_dispatcher():
+    kind, body = Dispatcher({}).invoke("nope", P.CONTENT_JSON, b"")
+    assert kind == P.ERROR
+    v = BY_NAME["error_unknown_tool"]
+    assert P.encode_frame(kind, v["request_id"], body).hex() == v["hex"]
+    v = BY_NAME["error_exception"]
+    b = v["body"]
+    assert error(b["kind"], b["type"], b["message"], b["traceback"])[1] == v["body_text"].encode("utf-8")
+
+
+def test_call_body_tool_name_counts_utf8_bytes():
+    body = P.encode_call_body("gr\u00f6\u00dfe", P.CONTENT_JSON, b"")
+    assert int.from_bytes(body[:2], "big") == 7
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\x00", b"\x00\x05abc", b"\x00\x03abc", b"\x00\x02\xff\xfe\x00"],
+    ids=["empty", "half-length", "name-cut", "no-content-type", "name-not-utf8"],
+)
+def test_malformed_call_bodies(body):
+    with pytest.raises(P.ProtocolError):
+        P.decode_call_body(body)
+
+
+def test_unknown_content_type_is_not_a_protocol_error():
+    assert P.decode_call_body(b"\x00\x01x\x07zz") == ("x", 7, b"zz")
+
+
+def test_encode_limits():
+    with pytest.raises(ValueError):
+        P.encode_frame(P.PING, -1)
+    with pytest.raises(ValueError):
+        P.encode_frame(P.PING, 2 ** 64)
+    with pytest.raises(ValueError):
+        P.encode_call_body("", 0, b"")
+    with pytest.raises(ValueError):
+        P.encode_call_body("x" * 65536, 0, b"")
+    P.encode_call_body("x" * 65535, 0, b"")
+    with pytest.raises(P.FrameTooLarge):
+        P.encode_frame(P.RESULT, 1, bytes(P.MAX_FRAME_LENGTH - 8))
+    assert len(P.encode_frame(P.RESULT, 1, bytes(P.MAX_FRAME_LENGTH - 9))) == P.MAX_FRAME_LENGTH + 4
+
+
+def test_decode_frame_rejects_wrong_lengths():
+    good = P.encode_frame(P.PING, 1)
+    with pytest.raises(P.ProtocolError):
+        P.decode_frame(good[:-1])
+    with pytest.raises(P.ProtocolError):
+        P.decode_frame(good + b"\x00")
+
+
+def _reader_for(data):
+    a, b = socket.socketpair()
+    a.sendall(data)
+    a.close()
+    return b, P.FrameReader(b)
+
+
+def test_reader_rejects_oversized_length_before_the_body():
+    sock, reader = _reader_for((P.MAX_FRAME_LENGTH + 1).to_bytes(4, "big") + b"\x02")
+    with sock, pytest.raises(P.FrameTooLarge) as info:
+        reader.read_frame()
+    assert info.value.length == P.MAX_FRAME_LENGTH + 1
+
+
+def test_reader_rejects_length_below_nine():
+    sock, reader = _reader_for((8).to_bytes(4, "big") + bytes(8))
+    with sock, pytest.raises(P.ProtocolError):
+        reader.read_frame()
+
+
+@pytest.mark.parametrize("cut", [2, 10])
+def test_reader_rejects_eof_inside_a_frame(cut):
+    sock, reader = _reader_for(P.encode_frame(P.PING, 3)[:cut])
+    with sock, pytest.raises(P.ProtocolError):
+        reader.read_frame()
+
+
+def test_reader_large_frame():
+    payload = bytes(range(256)) * 40000  # ~10 MB
+    frame = P.encode_frame(P.RESULT, 5, P.encode_result_body(P.CONTENT_RAW, payload))
+    a, b = socket.socketpair()
+    sender = threading.Thread(target=lambda: (a.sendall(frame), a.close()))
+    sender.start()
+    try:
+        got = P.FrameReader(b).read_frame()
+    finally:
+        sender.join(10)
+        b.close()
+    assert got.request_id == 5
+    assert P.decode_result_body(got.body) == (P.CONTENT_RAW, payload)
