@@ -161,7 +161,10 @@ class Worker:
     # --- lifecycle ---------------------------------------------------------
 
     def serve(self):
-        """Send HELLO and run calls until told to stop; returns the exit status."""
+        """Send HELLO and run calls until told to stop; returns the exit status.
+
+        Call it on the main thread: SIGTERM is handled only there (elsewhere
+        the SHUTDOWN frame still works)."""
         self._install_signal_handlers()
         self._send(HELLO, 0, encode_json_text(self._facts).encode("utf-8"))
         threading.Thread(target=self._guard(self._control_loop), name="pitboss-control", daemon=True).start()
@@ -183,7 +186,8 @@ class Worker:
         def on_signal(signum, frame):
             self._control.put(signum)
 
-        signal.signal(signal.SIGTERM, on_signal)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_signal)
 
     def _control_loop(self):
         while True:

@@ -219,10 +219,14 @@ def test_cannot_connect_exits_5(host):
     assert "cannot connect" in host.stderr()
 
 
-def test_usage_error_exits_2(host):
-    host.start(command=[sys.executable, "-m", "pitboss_worker", "--adapter", "x"])
+@pytest.mark.parametrize(
+    "args,complaint",
+    [(["--adapter", "x"], "--socket"), (["--adapter", "x", "--socket", "s", "--threads", "0"], "--threads")],
+)
+def test_usage_error_exits_2(host, args, complaint):
+    host.start(command=[sys.executable, "-m", "pitboss_worker"] + args)
     assert host.wait_exit() == 2
-    assert "--socket" in host.stderr()
+    assert complaint in host.stderr()
 
 
 def test_unknown_frame_kinds_and_cancel(host):
