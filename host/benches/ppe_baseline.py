@@ -1,0 +1,63 @@
+"""Baseline for the round-trip benchmark: the same no-op tool through
+concurrent.futures.ProcessPoolExecutor, measured the way benches/roundtrip.rs
+measures pitboss. Prints one JSON object per pool size on stdout."""
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+from adapter import Example  # noqa: E402
+
+_EXAMPLE = Example()
+
+
+def noop():
+    return _EXAMPLE.noop()
+
+
+def percentile(sorted_values, pct):
+    return sorted_values[(len(sorted_values) - 1) * pct // 100]
+
+
+def round_trips(executor, count):
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter_ns()
+        executor.submit(noop).result()
+        samples.append(time.perf_counter_ns() - started)
+    samples.sort()
+    return percentile(samples, 50) / 1e3, percentile(samples, 99) / 1e3
+
+
+def throughput(executor, in_flight, count):
+    started = time.perf_counter()
+    pending = set()
+    submitted = 0
+    done = 0
+    while done < count:
+        while submitted < count and len(pending) < in_flight:
+            pending.add(executor.submit(noop))
+            submitted += 1
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            future.result()
+        done += len(finished)
+    return count / (time.perf_counter() - started)
+
+
+def main():
+    calls = int(sys.argv[1])
+    for workers in (1, 2):
+        with ProcessPoolExecutor(max_workers=workers) as executor:
+            for _ in range(200):
+                executor.submit(noop).result()
+            p50, p99 = round_trips(executor, calls)
+            rates = {str(n): throughput(executor, n, calls) for n in (1, 8, 32)}
+        print(json.dumps({"workers": workers, "p50_us": p50, "p99_us": p99, "throughput": rates}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

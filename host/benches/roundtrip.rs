@@ -1,0 +1,165 @@
+//! Round trip of a no-op tool on 1- and 2-worker process pools: through the
+//! embedded `Host`, through `pitboss.v1` gRPC on loopback, and through
+//! Python's `concurrent.futures.ProcessPoolExecutor` with the same function
+//! (benches/ppe_baseline.py), all in one run. Prints p50/p99 and throughput
+//! at 1, 8 and 32 calls in flight, and the embedded/PPE p50 ratio.
+//!
+//! Run: `cargo bench -p pitboss --bench roundtrip` (after scripts/python-env).
+//! `PITBOSS_BENCH_CALLS` sets the calls per measurement (default 3000).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pitboss::api::proto::{pitboss_client::PitbossClient, ContentType, ExecuteRequest};
+use pitboss::config::Config;
+use pitboss::pool::CallRequest;
+use pitboss::Host;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    /// Calls per second at 1, 8 and 32 in flight.
+    throughput: [f64; 3],
+}
+
+const IN_FLIGHT: [usize; 3] = [1, 8, 32];
+
+fn main() {
+    let calls: usize = std::env::var("PITBOSS_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let python = root().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/python-env first", python.display());
+
+    let baseline = std::process::Command::new(&python)
+        .arg(root().join("host/benches/ppe_baseline.py"))
+        .arg(calls.to_string())
+        .output()
+        .expect("the ProcessPoolExecutor baseline runs");
+    assert!(baseline.status.success(), "baseline failed: {}", String::from_utf8_lossy(&baseline.stderr));
+    let baseline: Vec<Value> =
+        String::from_utf8_lossy(&baseline.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    println!("no-op tool round trip, {calls} calls per figure");
+    println!(
+        "{:<8} {:<10} {:>9} {:>9} {:>11} {:>11} {:>11}",
+        "workers", "path", "p50", "p99", "1 in flight", "8 in flight", "32 in flight"
+    );
+    for (workers, ppe) in [1u32, 2].into_iter().zip(&baseline) {
+        let (embedded, grpc) = runtime.block_on(measure_pool(workers, calls, &python));
+        let ppe = Figures {
+            p50_us: ppe["p50_us"].as_f64().unwrap(),
+            p99_us: ppe["p99_us"].as_f64().unwrap(),
+            throughput: IN_FLIGHT.map(|n| ppe["throughput"][n.to_string()].as_f64().unwrap()),
+        };
+        for (path, figures) in [("embedded", &embedded), ("grpc", &grpc), ("ppe", &ppe)] {
+            println!(
+                "{workers:<8} {path:<10} {:>6.0} µs {:>6.0} µs {:>9.0}/s {:>9.0}/s {:>10.0}/s",
+                figures.p50_us, figures.p99_us, figures.throughput[0], figures.throughput[1], figures.throughput[2]
+            );
+        }
+        println!(
+            "{workers:<8} ratio      embedded p50 / ProcessPoolExecutor p50 = {:.2} (target ≤ 0.35); grpc = {:.2}",
+            embedded.p50_us / ppe.p50_us,
+            grpc.p50_us / ppe.p50_us
+        );
+    }
+}
+
+async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (Figures, Figures) {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("pitboss.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[host]\npython = {python:?}\nrun_dir = {:?}\napi_address = \"127.0.0.1:0\"\n\n\
+             [[pool]]\nname = \"bench\"\nadapter = \"adapter:Example\"\npython_path = [{:?}]\nsize = {workers}\n",
+            dir.path().join("run"),
+            root().join("examples"),
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let host = Arc::new(Host::start(config).await.expect("bench pool starts"));
+
+    let embedded = figures(calls, || {
+        let host = host.clone();
+        async move {
+            host.execute("bench", CallRequest::json("noop", "{}")).await.expect("noop succeeds");
+        }
+    })
+    .await;
+
+    let listener = pitboss::api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(pitboss::api::serve(host.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let client = PitbossClient::connect(format!("http://{address}")).await.unwrap();
+    let grpc = figures(calls, || {
+        let mut client = client.clone();
+        async move {
+            let request = ExecuteRequest {
+                pool: "bench".into(),
+                tool: "noop".into(),
+                payload: b"{}".to_vec(),
+                content_type: ContentType::Json as i32,
+                ..Default::default()
+            };
+            client.execute(request).await.expect("noop succeeds over gRPC");
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    host.shutdown().await;
+    let _ = server.await;
+    (embedded, grpc)
+}
+
+/// Sequential round trips (after a warm-up), then throughput at each
+/// number of calls in flight.
+async fn figures<F, Fut>(calls: usize, call: F) -> Figures
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    for _ in 0..200 {
+        call().await;
+    }
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        call().await;
+        samples.push(started.elapsed().as_nanos() as f64 / 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    let percentile = |pct: usize| samples[(samples.len() - 1) * pct / 100];
+
+    let mut throughput = [0.0; 3];
+    for (slot, in_flight) in throughput.iter_mut().zip(IN_FLIGHT) {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|lane| {
+                let call = call.clone();
+                let share = calls / in_flight + usize::from(lane < calls % in_flight);
+                tokio::spawn(async move {
+                    for _ in 0..share {
+                        call().await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        *slot = calls as f64 / started.elapsed().as_secs_f64();
+    }
+    Figures { p50_us: percentile(50), p99_us: percentile(99), throughput }
+}
