@@ -88,10 +88,13 @@ async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (
     let config = Config::load(&config_path).unwrap();
     let host = Arc::new(Host::start(config).await.expect("bench pool starts"));
 
-    let embedded = figures(calls, || {
+    let embedded = figures(calls, {
         let host = host.clone();
-        async move {
-            host.execute("bench", CallRequest::json("noop", "{}")).await.expect("noop succeeds");
+        move || {
+            let host = host.clone();
+            async move {
+                host.execute("bench", CallRequest::json("noop", "{}")).await.expect("noop succeeds");
+            }
         }
     })
     .await;
@@ -103,7 +106,7 @@ async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (
         let _ = stopped.await;
     }));
     let client = PitbossClient::connect(format!("http://{address}")).await.unwrap();
-    let grpc = figures(calls, || {
+    let grpc = figures(calls, move || {
         let mut client = client.clone();
         async move {
             let request = ExecuteRequest {

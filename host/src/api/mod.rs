@@ -42,7 +42,7 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, shutdown: impl Future
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(PitbossServer::new(Service { host }))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .context("the API server failed")
 }

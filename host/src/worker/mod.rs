@@ -71,33 +71,40 @@ pub struct WorkerExit {
     pub status: String,
 }
 
-enum DriverMessage {
-    Call { id: u64, frame: Bytes, reply: oneshot::Sender<CallOutcome> },
-    Kill,
-    Shutdown,
+/// The calls a worker holds: its handle adds them, its reader answers
+/// them, and its driver fails the rest when the process is gone.
+#[derive(Default)]
+struct Pending {
+    calls: HashMap<u64, oneshot::Sender<CallOutcome>>,
+    /// Set once the worker is gone: how it ended.
+    gone: Option<String>,
 }
 
-/// The pool's handle to a ready worker.
+type SharedPending = Arc<Mutex<Pending>>;
+
+fn lock(pending: &SharedPending) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The pool's handle to a ready worker. Calls go straight to the socket's
+/// writer and answers straight from its reader to the caller: no task in
+/// between on the hot path.
 pub struct WorkerHandle {
     pub id: u32,
     pub pid: u32,
     pub hello: Hello,
-    commands: mpsc::UnboundedSender<DriverMessage>,
+    pending: SharedPending,
+    outgoing: mpsc::UnboundedSender<Bytes>,
+    /// Closing it (dropping the handle) or sending on it kills the worker.
+    kill: mpsc::UnboundedSender<()>,
 }
 
 impl WorkerHandle {
     /// Sends a call; the outcome arrives on `reply`. If the worker is gone
     /// the reply is `Crashed` at once.
     pub fn call(&self, id: u64, tool: &str, content_type: ContentType, payload: Bytes, reply: oneshot::Sender<CallOutcome>) {
-        let frame = Frame::Call { id, tool: tool.to_owned(), content_type, payload }.encode();
-        match frame {
-            Ok(frame) => {
-                if let Err(mpsc::error::SendError(DriverMessage::Call { reply, .. })) =
-                    self.commands.send(DriverMessage::Call { id, frame, reply })
-                {
-                    let _ = reply.send(CallOutcome::Crashed("the worker had already exited".into()));
-                }
-            }
+        let frame = match (Frame::Call { id, tool: tool.to_owned(), content_type, payload }).encode() {
+            Ok(frame) => frame,
             Err(err) => {
                 let _ = reply.send(CallOutcome::Failed(WorkerError {
                     kind: "bad_payload".into(),
@@ -105,18 +112,29 @@ impl WorkerHandle {
                     message: err.to_string(),
                     traceback: None,
                 }));
+                return;
             }
+        };
+        let mut pending = lock(&self.pending);
+        if let Some(how) = &pending.gone {
+            let _ = reply.send(CallOutcome::Crashed(how.clone()));
+            return;
         }
+        pending.calls.insert(id, reply);
+        drop(pending);
+        // If the writer has stopped, the process is going: the driver fails
+        // the call once it has its exit status.
+        let _ = self.outgoing.send(frame);
     }
 
     /// Kills the worker's process group now.
     pub fn kill(&self) {
-        let _ = self.commands.send(DriverMessage::Kill);
+        let _ = self.kill.send(());
     }
 
     /// Asks the worker to finish its calls and exit.
     pub fn shutdown(&self) {
-        let _ = self.commands.send(DriverMessage::Shutdown);
+        let _ = self.outgoing.send(Frame::Shutdown.encode().expect("the shutdown frame encodes"));
     }
 }
 
@@ -222,11 +240,13 @@ pub async fn start(
             hello.protocol
         ),
         Ok((hello, reader, writer)) => {
-            let (commands, incoming) = mpsc::unbounded_channel();
-            let handle = WorkerHandle { id: spec.id, pid, hello, commands };
+            let pending = SharedPending::default();
+            let (outgoing, to_write) = mpsc::unbounded_channel();
+            let (kill, kill_requests) = mpsc::unbounded_channel();
             let driver = Driver { id: spec.id, pool: spec.pool.clone(), pid, records: records.clone(), exits };
-            tokio::spawn(driver.run(child, reader, writer, incoming));
-            return Ok(handle);
+            let reader_done = driver.spawn_io(reader, writer, to_write, pending.clone());
+            tokio::spawn(driver.run(child, reader_done, kill_requests, pending.clone()));
+            return Ok(WorkerHandle { id: spec.id, pid, hello, pending, outgoing, kill });
         }
         Err((reason, true)) => reason,
         // A worker that gave up on its own says more by its exit status.
@@ -310,26 +330,16 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(
-        self,
-        mut child: Child,
+    /// Starts the socket's reader and writer tasks (each owns its half, so
+    /// no frame is ever cut short by a cancelled select). The reader answers
+    /// calls itself; the returned channel fires when the socket closes.
+    fn spawn_io(
+        &self,
         mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
         mut writer: tokio::net::unix::OwnedWriteHalf,
-        mut commands: mpsc::UnboundedReceiver<DriverMessage>,
-    ) {
-        // Reading and writing run in their own tasks: neither may be
-        // cancelled halfway through a frame by the select below.
-        let (frames_tx, mut frames) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let frame = read_frame(&mut reader).await;
-                let done = !matches!(frame, Ok(Some(_)));
-                if frames_tx.send(frame).is_err() || done {
-                    break;
-                }
-            }
-        });
-        let (outgoing, mut to_write) = mpsc::unbounded_channel::<Bytes>();
+        mut to_write: mpsc::UnboundedReceiver<Bytes>,
+        pending: SharedPending,
+    ) -> oneshot::Receiver<Option<std::io::Error>> {
         tokio::spawn(async move {
             while let Some(frame) = to_write.recv().await {
                 if writer.write_all(&frame).await.is_err() {
@@ -337,51 +347,63 @@ impl Driver {
                 }
             }
         });
+        let (done, reader_done) = oneshot::channel();
+        let (pool, id) = (self.pool.clone(), self.id);
+        tokio::spawn(async move {
+            let ended = loop {
+                let (call, outcome) = match read_frame(&mut reader).await {
+                    Ok(Some(Frame::Result { id, content_type, payload })) => (id, CallOutcome::Done { content_type, payload }),
+                    Ok(Some(Frame::Error { id, error })) => (id, CallOutcome::Failed(error)),
+                    Ok(Some(Frame::Pong { .. })) => continue,
+                    Ok(Some(other)) => {
+                        tracing::warn!(pool = %pool, worker = id, "ignoring an unexpected frame from the worker: {other:?}");
+                        continue;
+                    }
+                    Ok(None) => break None,
+                    Err(err) => break Some(err),
+                };
+                // An answer to a call nobody waits for any more (it timed
+                // out) is dropped here.
+                if let Some(reply) = lock(&pending).calls.remove(&call) {
+                    let _ = reply.send(outcome);
+                }
+            };
+            let _ = done.send(ended);
+        });
+        reader_done
+    }
 
-        let mut pending: HashMap<u64, oneshot::Sender<CallOutcome>> = HashMap::new();
+    /// Waits for the process to end (killing it when asked, or when its
+    /// socket breaks), then fails what it still held and reports the exit.
+    async fn run(
+        self,
+        mut child: Child,
+        mut reader_done: oneshot::Receiver<Option<std::io::Error>>,
+        mut kill_requests: mpsc::UnboundedReceiver<()>,
+        pending: SharedPending,
+    ) {
         let status = loop {
             tokio::select! {
-                frame = frames.recv() => match frame {
-                    Some(Ok(Some(Frame::Result { id, content_type, payload }))) => {
-                        if let Some(reply) = pending.remove(&id) {
-                            let _ = reply.send(CallOutcome::Done { content_type, payload });
-                        }
-                    }
-                    Some(Ok(Some(Frame::Error { id, error }))) => {
-                        if let Some(reply) = pending.remove(&id) {
-                            let _ = reply.send(CallOutcome::Failed(error));
-                        }
-                    }
-                    Some(Ok(Some(Frame::Pong { .. }))) => {}
-                    Some(Ok(Some(other))) => {
-                        tracing::warn!(pool = %self.pool, worker = self.id, "ignoring an unexpected frame from the worker: {other:?}");
-                    }
-                    Some(Err(err)) => {
+                ended = &mut reader_done => {
+                    if let Ok(Some(err)) = ended {
                         tracing::warn!(pool = %self.pool, worker = self.id, error = %err, "protocol error; stopping the worker");
                         kill_group(self.pid);
+                    }
+                    break match tokio::time::timeout(EXIT_AFTER_EOF, child.wait()).await {
+                        Ok(status) => status,
+                        Err(_) => {
+                            kill_group(self.pid);
+                            child.wait().await
+                        }
+                    };
+                }
+                status = child.wait() => break status,
+                request = kill_requests.recv() => {
+                    kill_group(self.pid);
+                    if request.is_none() {
                         break child.wait().await;
                     }
-                    Some(Ok(None)) | None => {
-                        break match tokio::time::timeout(EXIT_AFTER_EOF, child.wait()).await {
-                            Ok(status) => status,
-                            Err(_) => {
-                                kill_group(self.pid);
-                                child.wait().await
-                            }
-                        };
-                    }
-                },
-                status = child.wait() => break status,
-                command = commands.recv() => match command {
-                    Some(DriverMessage::Call { id, frame, reply }) => {
-                        pending.insert(id, reply);
-                        let _ = outgoing.send(frame);
-                    }
-                    Some(DriverMessage::Shutdown) => {
-                        let _ = outgoing.send(Frame::Shutdown.encode().expect("shutdown frame encodes"));
-                    }
-                    Some(DriverMessage::Kill) | None => kill_group(self.pid),
-                },
+                }
             }
         };
         // Whatever else it left (a grandchild, say) goes with it.
@@ -390,8 +412,14 @@ impl Driver {
             Ok(status) => describe_exit(status),
             Err(err) => format!("could not be waited for ({err})"),
         };
-        for (_, reply) in pending.drain() {
-            let _ = reply.send(CallOutcome::Crashed(format!("worker {} (pid {}) {status}", self.id, self.pid)));
+        let how = format!("worker {} (pid {}) {status}", self.id, self.pid);
+        let held: Vec<_> = {
+            let mut pending = lock(&pending);
+            pending.gone = Some(how.clone());
+            pending.calls.drain().map(|(_, reply)| reply).collect()
+        };
+        for reply in held {
+            let _ = reply.send(CallOutcome::Crashed(how.clone()));
         }
         self.records.remove(self.pid);
         let _ = self.exits.send(WorkerExit { id: self.id, status });
