@@ -204,7 +204,7 @@ class FrameReader:
     an EOF inside a frame. OSError from the socket propagates.
     """
 
-    def __init__(self, sock, max_length=MAX_FRAME_LENGTH, chunk_size=256 * 1024):
+    def __init__(self, sock, max_length=MAX_FRAME_LENGTH, chunk_size=64 * 1024):
         self._sock = sock
         self._max_length = max_length
         self._chunk_size = chunk_size
