@@ -6,9 +6,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pitboss::pool::{CallRequest, ErrorKind};
+use pitboss::pool::{CallError, CallOutput, CallRequest, ErrorKind};
 use pitboss::Host;
 use serde_json::{json, Value};
+use tokio::task::JoinHandle;
 use support::{alive, config, eventually};
 
 fn call(tool: &str, args: Value) -> CallRequest {
@@ -24,6 +25,13 @@ async fn start(settings: &str) -> (tempfile::TempDir, Host) {
 async fn json_result(host: &Host, tool: &str, args: Value) -> Value {
     let output = host.execute("pool", call(tool, args)).await.unwrap_or_else(|err| panic!("{tool}: {err}"));
     serde_json::from_slice(&output.payload).unwrap()
+}
+
+/// Starts a call in the background, for tests that need calls in flight.
+fn spawn_call(host: &Arc<Host>, tool: &str, args: Value) -> JoinHandle<Result<CallOutput, CallError>> {
+    let host = host.clone();
+    let request = call(tool, args);
+    tokio::spawn(async move { host.execute("pool", request).await })
 }
 
 async fn worker_pids(host: &Host) -> Vec<u32> {
@@ -45,12 +53,7 @@ async fn echo_round_trip_keeps_types() {
 async fn two_hundred_concurrent_calls_all_succeed_on_both_workers() {
     let (_dir, host) = start("size = 2").await;
     let host = Arc::new(host);
-    let calls: Vec<_> = (0..200)
-        .map(|i| {
-            let host = host.clone();
-            tokio::spawn(async move { host.execute("pool", call("echo", json!({"i": i}))).await })
-        })
-        .collect();
+    let calls: Vec<_> = (0..200).map(|i| spawn_call(&host, "echo", json!({"i": i}))).collect();
     for (i, call) in calls.into_iter().enumerate() {
         let output = call.await.unwrap().unwrap_or_else(|err| panic!("call {i}: {err}"));
         assert_eq!(serde_json::from_slice::<Value>(&output.payload).unwrap(), json!({"i": i}));
@@ -107,10 +110,7 @@ async fn bad_requests_get_clear_errors_and_the_pool_keeps_serving() {
 async fn a_worker_killed_mid_call_fails_that_call_and_is_replaced() {
     let (_dir, host) = start("size = 2").await;
     let host = Arc::new(host);
-    let slow = {
-        let host = host.clone();
-        tokio::spawn(async move { host.execute("pool", call("sleep", json!({"seconds": 10}))).await })
-    };
+    let slow = spawn_call(&host, "sleep", json!({"seconds": 10}));
     let mut victim = 0;
     assert!(
         eventually(Duration::from_secs(5), async || {
@@ -176,15 +176,9 @@ async fn the_caller_timeout_overrides_the_pools() {
 async fn a_full_queue_refuses_at_once() {
     let (_dir, host) = start("size = 1\nqueue_limit = 1").await;
     let host = Arc::new(host);
-    let busy = {
-        let host = host.clone();
-        tokio::spawn(async move { host.execute("pool", call("sleep", json!({"seconds": 1}))).await })
-    };
+    let busy = spawn_call(&host, "sleep", json!({"seconds": 1}));
     assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
-    let queued = {
-        let host = host.clone();
-        tokio::spawn(async move { host.execute("pool", call("add", json!({"a": 1, "b": 1}))).await })
-    };
+    let queued = spawn_call(&host, "add", json!({"a": 1, "b": 1}));
     assert!(eventually(Duration::from_secs(5), async || host.status().await[0].queued == 1).await);
     let started = Instant::now();
     let err = host.execute("pool", call("add", json!({"a": 2, "b": 2}))).await.unwrap_err();
@@ -199,10 +193,7 @@ async fn a_full_queue_refuses_at_once() {
 async fn a_request_waiting_too_long_in_the_queue_times_out() {
     let (_dir, host) = start("size = 1\nqueue_timeout = \"400ms\"").await;
     let host = Arc::new(host);
-    let busy = {
-        let host = host.clone();
-        tokio::spawn(async move { host.execute("pool", call("sleep", json!({"seconds": 1.5}))).await })
-    };
+    let busy = spawn_call(&host, "sleep", json!({"seconds": 1.5}));
     assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
     let started = Instant::now();
     let err = host.execute("pool", call("add", json!({"a": 1, "b": 1}))).await.unwrap_err();
@@ -217,10 +208,7 @@ async fn a_request_waiting_too_long_in_the_queue_times_out() {
 async fn a_request_that_left_the_queue_is_not_timed_out_by_it() {
     let (_dir, host) = start("size = 1\nqueue_timeout = \"1s\"").await;
     let host = Arc::new(host);
-    let busy = {
-        let host = host.clone();
-        tokio::spawn(async move { host.execute("pool", call("sleep", json!({"seconds": 0.5}))).await })
-    };
+    let busy = spawn_call(&host, "sleep", json!({"seconds": 0.5}));
     assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
     // Queued for about 0.5 s, then runs 1.5 s: well past the queue timeout
     // in total, but it left the queue in time.
@@ -235,10 +223,7 @@ async fn shutdown_lets_calls_in_flight_finish_and_leaves_no_worker() {
     let (_dir, host) = start("size = 2").await;
     let host = Arc::new(host);
     let pids = worker_pids(&host).await;
-    let in_flight = {
-        let host = host.clone();
-        tokio::spawn(async move { host.execute("pool", call("sleep", json!({"seconds": 0.7}))).await })
-    };
+    let in_flight = spawn_call(&host, "sleep", json!({"seconds": 0.7}));
     assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
     let stopping = {
         let host = host.clone();
