@@ -183,8 +183,11 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError { source: path.to_owned(), problems };
         let raw: RawConfig = toml::from_str(text).map_err(|err| fail(vec![describe_toml_error(&err)]))?;
-        let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        // Absolute, so that paths keep their meaning in workers, which run in
+        // this folder.
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::path::absolute(folder)
+            .map_err(|err| fail(vec![format!("cannot resolve the config's folder: {err}")]))?;
         let mut problems = Vec::new();
         let host_python = raw.host.python.as_ref().map(|p| base.join(p));
         let host = host_config(raw.host, &base, &mut problems);

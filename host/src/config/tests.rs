@@ -143,3 +143,16 @@ fn interpreter_resolution_order() {
     assert_eq!(from_host.path, host);
     assert_eq!(from_host.chosen_by, "`host.python`");
 }
+
+#[test]
+fn relative_paths_become_absolute() {
+    let text = "[host]\npython = \"../.venv/bin/python\"\n[[pool]]\nname = \"p\"\nadapter = \"m\"\npython_path = [\".\"]\n";
+    let config = Config::parse(text, Path::new("examples/pitboss.toml")).unwrap();
+    let pool = &config.pools[0];
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(pool.python.path, cwd.join("examples/../.venv/bin/python"));
+    assert_eq!(pool.working_dir, cwd.join("examples"));
+    assert!(pool.python_path[0].is_absolute());
+    let bare = Config::parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\n", Path::new("pitboss.toml")).unwrap();
+    assert_eq!(bare.pools[0].working_dir, cwd.join("."));
+}
