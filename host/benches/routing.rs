@@ -3,7 +3,8 @@
 //! the identical native rule, for pools of 16, 128 and 1024 workers.
 //!
 //! Run: `cargo bench -p pitboss --bench routing`. Prints figures; asserts
-//! nothing (the machines are shared and noisy).
+//! nothing (the machines are shared and noisy). `PITBOSS_BENCH_WORKERS=16`
+//! (comma-separated) measures other pool sizes, e.g. under a profiler.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -55,7 +56,11 @@ fn main() {
 
     println!("routing decision, builtin:least-loaded (Wasm) vs the same rule in native Rust");
     println!("{:>8} {:>12} {:>12} {:>8}", "workers", "wasm", "native", "ratio");
-    for count in [16u32, 128, 1024] {
+    let sizes: Vec<u32> = match std::env::var("PITBOSS_BENCH_WORKERS") {
+        Ok(list) => list.split(',').map(|n| n.trim().parse().expect("PITBOSS_BENCH_WORKERS: comma-separated counts")).collect(),
+        Err(_) => vec![16, 128, 1024],
+    };
+    for count in sizes {
         let pool = PoolInfo { name: "bench".into(), profile: Profile::Thread, size: count, threads_per_worker: 4, options: Vec::new() };
         let mut router = RouterInstance::new(RouterSlot::new(policy.clone()), pool).expect("init");
         let workers = workers(count);
