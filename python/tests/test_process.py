@@ -272,6 +272,81 @@ def test_threads_serve_calls_concurrently(host):
     assert time.monotonic() - started < 1.1
 
 
+def test_threads_ping_answered_while_every_thread_runs_a_call(host):
+    """--threads N keeps one more thread than calls: one reads even while N
+    CPU-bound calls run."""
+    host.start_ready(extra=["--threads", "2"])
+    host.call(1, "spin", {"seconds": 1.0})
+    host.call(2, "spin", {"seconds": 1.0})
+    time.sleep(0.2)
+    sent = time.monotonic()
+    host.send_frame(P.PING, 77)
+    frame = host.read()
+    latency = time.monotonic() - sent
+    assert (frame.kind, frame.request_id) == (P.PONG, 77)
+    assert latency < 0.5, "PONG took %.3f s" % latency
+    assert {host.answer().request_id, host.answer().request_id} == {1, 2}
+
+
+def _markers(host, ids):
+    return [os.path.join(host.dir, "started-%d" % i) for i in ids]
+
+
+def test_threads_run_at_most_n_calls_and_then_the_queued_ones(host):
+    host.start_ready(extra=["--threads", "2"])
+    m1, m2, m3 = _markers(host, (1, 2, 3))
+    for i, m in zip((1, 2, 3), (m1, m2, m3)):
+        host.call(i, "sleep_marked", {"path": m, "seconds": 0.6})
+    assert wait_until(lambda: os.path.exists(m1) and os.path.exists(m2)), "calls 1 and 2 never started"
+    assert not os.path.exists(m3), "a third call started beside two with --threads 2"
+    answers = {}
+    for _ in range(3):
+        ans = host.answer()
+        answers[ans.request_id] = ans.value
+    assert answers == {1: 0.6, 2: 0.6, 3: 0.6}
+
+
+def test_threads_shutdown_refuses_queued_and_finishes_running(host):
+    host.start_ready(extra=["--threads", "2"])
+    m1, m2 = _markers(host, (1, 2))
+    host.call(1, "sleep_marked", {"path": m1, "seconds": 0.8})
+    host.call(2, "sleep_marked", {"path": m2, "seconds": 0.8})
+    assert wait_until(lambda: os.path.exists(m1) and os.path.exists(m2)), "calls 1 and 2 never started"
+    host.call(3, "add", {"a": 1, "b": 2})  # queued: two calls run
+    host.send_frame(P.PING, 4)
+    assert host.read().kind == P.PONG  # call 3 is queued by now
+    host.send_frame(P.SHUTDOWN, 0)
+    ans = host.answer()
+    assert (ans.request_id, ans.error["kind"]) == (3, "shutting_down")
+    host.send_frame(P.PING, 5)
+    assert host.read().kind == P.PONG
+    answers = {}
+    for _ in range(2):
+        ans = host.answer()
+        answers[ans.request_id] = ans.value
+    assert answers == {1: 0.8, 2: 0.8}
+    host.read_eof()
+    assert host.wait_exit() == 0
+
+
+def test_pipelined_calls_and_pings(host):
+    """One call at a time, answers in order, each PING answered."""
+    host.start_ready()
+    for i in range(1, 41):
+        host.call(i, "add", {"a": i, "b": 1})
+        host.send_frame(P.PING, 1000 + i)
+    results, pongs = [], set()
+    while len(results) < 40 or len(pongs) < 40:
+        frame = host.read()
+        if frame.kind == P.PONG:
+            pongs.add(frame.request_id)
+        else:
+            ans = Answer(frame)
+            results.append((ans.request_id, ans.value))
+    assert results == [(i, i + 1) for i in range(1, 41)]
+    assert pongs == set(range(1001, 1041))
+
+
 def test_calls_import_nothing_new(host):
     """Every path of a call (results, bytes, each error kind) runs without
     importing a module after start."""
