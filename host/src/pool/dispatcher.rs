@@ -216,20 +216,13 @@ impl Dispatcher {
             let _ = reply.send(Err(self.saturated()));
             return;
         }
-        let queued = Queued { request, reply, deadline: Instant::now() + self.config.queue_timeout };
-        if !self.queue.is_empty() {
-            self.queue.push_back(queued);
-            self.pump();
-            return;
-        }
-        match self.decide(&request_view(&queued.request)) {
-            Decision::Worker(id) => self.dispatch(id, queued),
-            Decision::Queue if self.config.queue_limit == 0 => {
-                let _ = queued.reply.send(Err(self.saturated()));
-            }
-            Decision::Queue => self.queue.push_back(queued),
-            Decision::Reject(reason) => {
-                let _ = queued.reply.send(Err(CallError::new(ErrorKind::Rejected, reason)));
+        // Behind anything already waiting, so the queue stays in order; the
+        // router places it now if it can.
+        self.queue.push_back(Queued { request, reply, deadline: Instant::now() + self.config.queue_timeout });
+        self.pump();
+        if self.config.queue_limit == 0 {
+            if let Some(unplaced) = self.queue.pop_back() {
+                let _ = unplaced.reply.send(Err(self.saturated()));
             }
         }
     }
