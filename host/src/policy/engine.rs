@@ -10,14 +10,12 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::guest_log::{GuestLog, LogCounters};
 use super::limits::PolicyLimits;
-use super::meta::hex;
 use super::router;
 
 /// How often the epoch advances: the resolution of call deadlines.
@@ -105,10 +103,11 @@ impl PolicyEngine {
     }
 
     /// Compiles `wasm`, or loads it from the cache, keyed by the bytes'
-    /// sha256 and the engine's compatibility hash (so a wasmtime upgrade or
-    /// a config change never loads a stale artifact).
-    pub fn compile(&self, wasm: &[u8]) -> Result<CompiledComponent> {
-        let Some(path) = self.cache_path(wasm) else {
+    /// `sha256` (hex, as [`super::PluginMeta`] has it) and the engine's
+    /// compatibility hash (so a wasmtime upgrade or a config change never
+    /// loads a stale artifact).
+    pub fn compile(&self, wasm: &[u8], sha256: &str) -> Result<CompiledComponent> {
+        let Some(path) = self.cache_path(sha256) else {
             return self.compile_fresh(wasm).map(|component| CompiledComponent { component, from_cache: false });
         };
         if path.exists() {
@@ -134,11 +133,11 @@ impl PolicyEngine {
             .map_err(|err| anyhow::Error::from(err).context("not a valid WebAssembly component"))
     }
 
-    fn cache_path(&self, wasm: &[u8]) -> Option<PathBuf> {
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
         let dir = self.inner.cache_dir.as_ref()?;
         let mut engine_hash = DefaultHasher::new();
         self.inner.engine.precompile_compatibility_hash().hash(&mut engine_hash);
-        let name = format!("{}-{:016x}.cwasm", hex(&Sha256::digest(wasm)), engine_hash.finish());
+        let name = format!("{sha256}-{:016x}.cwasm", engine_hash.finish());
         Some(dir.join(name))
     }
 }

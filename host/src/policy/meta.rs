@@ -48,6 +48,6 @@ fn declared_identity(wasm: &[u8]) -> Option<String> {
     })
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -62,7 +62,7 @@ impl RouterPolicy {
 
     fn from_bytes(engine: &PolicyEngine, label: String, wasm: &[u8], limits: PolicyLimits) -> Result<Arc<Self>> {
         let meta = PluginMeta::of(wasm);
-        let compiled = engine.compile(wasm)?;
+        let compiled = engine.compile(wasm, &meta.sha256)?;
         let pre = engine.linker().instantiate_pre(&compiled.component).map_err(|err| {
             anyhow!("{err:#}\nA policy may import only WASI 0.2 and pitboss:policy@0.1.0; build it with pitboss-guest")
         })?;
