@@ -34,6 +34,13 @@ fn spawn_call(host: &Arc<Host>, tool: &str, args: Value) -> JoinHandle<Result<Ca
     tokio::spawn(async move { host.execute("pool", request).await })
 }
 
+/// Starts a `sleep(seconds)` call and waits until a worker holds it.
+async fn occupy_a_worker(host: &Arc<Host>, seconds: f64) -> JoinHandle<Result<CallOutput, CallError>> {
+    let call = spawn_call(host, "sleep", json!({ "seconds": seconds }));
+    assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
+    call
+}
+
 async fn worker_pids(host: &Host) -> Vec<u32> {
     host.status().await[0].workers.iter().map(|w| w.pid).collect()
 }
@@ -176,8 +183,7 @@ async fn the_caller_timeout_overrides_the_pools() {
 async fn a_full_queue_refuses_at_once() {
     let (_dir, host) = start("size = 1\nqueue_limit = 1").await;
     let host = Arc::new(host);
-    let busy = spawn_call(&host, "sleep", json!({"seconds": 1}));
-    assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
+    let busy = occupy_a_worker(&host, 1.0).await;
     let queued = spawn_call(&host, "add", json!({"a": 1, "b": 1}));
     assert!(eventually(Duration::from_secs(5), async || host.status().await[0].queued == 1).await);
     let started = Instant::now();
@@ -193,8 +199,7 @@ async fn a_full_queue_refuses_at_once() {
 async fn a_request_waiting_too_long_in_the_queue_times_out() {
     let (_dir, host) = start("size = 1\nqueue_timeout = \"400ms\"").await;
     let host = Arc::new(host);
-    let busy = spawn_call(&host, "sleep", json!({"seconds": 1.5}));
-    assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
+    let busy = occupy_a_worker(&host, 1.5).await;
     let started = Instant::now();
     let err = host.execute("pool", call("add", json!({"a": 1, "b": 1}))).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::QueueTimeout, "{err}");
@@ -208,8 +213,7 @@ async fn a_request_waiting_too_long_in_the_queue_times_out() {
 async fn a_request_that_left_the_queue_is_not_timed_out_by_it() {
     let (_dir, host) = start("size = 1\nqueue_timeout = \"1s\"").await;
     let host = Arc::new(host);
-    let busy = spawn_call(&host, "sleep", json!({"seconds": 0.5}));
-    assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
+    let busy = occupy_a_worker(&host, 0.5).await;
     // Queued for about 0.5 s, then runs 1.5 s: well past the queue timeout
     // in total, but it left the queue in time.
     let output = host.execute("pool", call("sleep", json!({"seconds": 1.5}))).await;
@@ -223,8 +227,7 @@ async fn shutdown_lets_calls_in_flight_finish_and_leaves_no_worker() {
     let (_dir, host) = start("size = 2").await;
     let host = Arc::new(host);
     let pids = worker_pids(&host).await;
-    let in_flight = spawn_call(&host, "sleep", json!({"seconds": 0.7}));
-    assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
+    let in_flight = occupy_a_worker(&host, 0.7).await;
     let stopping = {
         let host = host.clone();
         tokio::spawn(async move { host.shutdown().await })
