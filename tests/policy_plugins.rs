@@ -25,6 +25,13 @@ fn test_plugin(name: &str) -> PolicySource {
     PolicySource::File(path)
 }
 
+/// Limits under which no well-behaved call can run out of time or fuel,
+/// however loaded the machine: for tests about other limits, which must
+/// not be decided by a descheduled call hitting the 20 ms default deadline.
+fn only_faults_stop_it() -> PolicyLimits {
+    PolicyLimits { call_deadline: Duration::from_secs(60), fuel_per_call: u64::MAX / 2, ..PolicyLimits::default() }
+}
+
 fn engine() -> PolicyEngine {
     PolicyEngine::new(None).expect("policy engine starts")
 }
@@ -93,24 +100,26 @@ fn infinite_loop_is_stopped_by_the_deadline() {
 
 #[test]
 fn infinite_loop_is_stopped_by_fuel_when_the_deadline_is_far() {
-    let limits = PolicyLimits { call_deadline: Duration::from_secs(60), fuel_per_call: 1_000_000, ..PolicyLimits::default() };
+    let limits = PolicyLimits { fuel_per_call: 1_000_000, ..only_faults_stop_it() };
     assert_contained("infinite-loop", "attack", limits, FaultKind::FuelExhausted);
 }
 
 #[test]
 fn memory_bomb_is_stopped_by_the_memory_cap() {
-    let limits = PolicyLimits { max_memory_bytes: 16 << 20, ..PolicyLimits::default() };
+    // Only the memory cap may stop it: on a loaded machine, filling 16 MiB
+    // can outlast the default 20 ms deadline.
+    let limits = PolicyLimits { max_memory_bytes: 16 << 20, ..only_faults_stop_it() };
     assert_contained("memory-bomb", "attack", limits, FaultKind::OutOfMemory);
 }
 
 #[test]
 fn deep_recursion_is_stopped_by_the_stack_limit() {
-    assert_contained("deep-recursion", "attack", PolicyLimits::default(), FaultKind::StackOverflow);
+    assert_contained("deep-recursion", "attack", only_faults_stop_it(), FaultKind::StackOverflow);
 }
 
 #[test]
 fn panic_is_a_contained_trap() {
-    assert_contained("panic", "attack", PolicyLimits::default(), FaultKind::Trap);
+    assert_contained("panic", "attack", only_faults_stop_it(), FaultKind::Trap);
 }
 
 #[test]
@@ -118,7 +127,7 @@ fn decisions_naming_unusable_workers_are_refused() {
     for (attack, complaint) in
         [("unknown", "not in the pool"), ("draining", "Draining"), ("starting", "Starting"), ("full", "full (2/2")]
     {
-        let mut router = assert_contained("bad-decision", attack, PolicyLimits::default(), FaultKind::InvalidDecision);
+        let mut router = assert_contained("bad-decision", attack, only_faults_stop_it(), FaultKind::InvalidDecision);
         let routed = router.route(&request(attack), &workers());
         let detail = routed.fault.expect("refused again").detail;
         assert!(detail.contains(complaint), "{attack}: {detail}");
@@ -138,10 +147,10 @@ fn log_flood_is_rate_limited_and_stopped() {
 fn builtins_route_as_documented() {
     let workers = workers();
     // Ready with room: 0 (served 10) and 4 (served 6); 3 is full.
-    let mut least = router(&PolicySource::parse("builtin:least-loaded").unwrap(), PolicyLimits::default());
+    let mut least = router(&PolicySource::parse("builtin:least-loaded").unwrap(), only_faults_stop_it());
     assert_eq!(least.route(&request("x"), &workers).decision, Decision::Worker(4));
 
-    let mut round = router(&PolicySource::parse("builtin:round-robin").unwrap(), PolicyLimits::default());
+    let mut round = router(&PolicySource::parse("builtin:round-robin").unwrap(), only_faults_stop_it());
     let picks: Vec<Decision> = (0..4).map(|_| round.route(&request("x"), &workers).decision).collect();
     assert_eq!(picks, [Decision::Worker(0), Decision::Worker(4), Decision::Worker(0), Decision::Worker(4)]);
 
@@ -152,7 +161,7 @@ fn builtins_route_as_documented() {
 
 #[test]
 fn a_plugin_without_the_completion_hook_is_never_called_on_it() {
-    let mut router = router(&PolicySource::parse("builtin:least-loaded").unwrap(), PolicyLimits::default());
+    let mut router = router(&PolicySource::parse("builtin:least-loaded").unwrap(), only_faults_stop_it());
     assert!(!router.policy().has_completion_hook());
     for _ in 0..3 {
         assert_eq!(router.on_complete(0, "x", true, 100), None);
@@ -164,7 +173,7 @@ fn a_plugin_without_the_completion_hook_is_never_called_on_it() {
 
 #[test]
 fn a_plugin_with_the_completion_hook_hears_every_completion() {
-    let mut router = router(&test_plugin("completion-probe"), PolicyLimits::default());
+    let mut router = router(&test_plugin("completion-probe"), only_faults_stop_it());
     assert!(router.policy().has_completion_hook());
     for ok in [true, false, true] {
         assert_eq!(router.on_complete(0, "x", ok, 100), None);
@@ -176,7 +185,7 @@ fn a_plugin_with_the_completion_hook_hears_every_completion() {
 
 #[test]
 fn init_can_refuse_a_pool() {
-    let policy = RouterPolicy::load(&engine(), &test_plugin("completion-probe"), PolicyLimits::default()).unwrap();
+    let policy = RouterPolicy::load(&engine(), &test_plugin("completion-probe"), only_faults_stop_it()).unwrap();
     let mut info = pool("picky");
     info.options.push(("refuse".into(), "yes".into()));
     let fault = RouterInstance::new(RouterSlot::new(policy), info).err().expect("init refuses");
@@ -190,12 +199,12 @@ fn second_load_of_a_component_comes_from_the_cache() {
     let source = PolicySource::parse("builtin:round-robin").unwrap();
 
     let first = PolicyEngine::new(Some(cache.path().to_owned())).unwrap();
-    let policy = RouterPolicy::load(&first, &source, PolicyLimits::default()).unwrap();
+    let policy = RouterPolicy::load(&first, &source, only_faults_stop_it()).unwrap();
     assert!(!policy.compiled_from_cache());
     assert_eq!(first.compilations(), 1);
 
     let second = PolicyEngine::new(Some(cache.path().to_owned())).unwrap();
-    let policy = RouterPolicy::load(&second, &source, PolicyLimits::default()).unwrap();
+    let policy = RouterPolicy::load(&second, &source, only_faults_stop_it()).unwrap();
     assert!(policy.compiled_from_cache());
     assert_eq!(second.compilations(), 0, "a cached component must not be recompiled");
     let mut router = RouterInstance::new(RouterSlot::new(policy), pool("cached")).unwrap();
@@ -206,13 +215,13 @@ fn second_load_of_a_component_comes_from_the_cache() {
 fn a_corrupt_cache_entry_is_recompiled() {
     let cache = tempfile::tempdir().unwrap();
     let source = PolicySource::parse("builtin:least-loaded").unwrap();
-    RouterPolicy::load(&PolicyEngine::new(Some(cache.path().to_owned())).unwrap(), &source, PolicyLimits::default())
+    RouterPolicy::load(&PolicyEngine::new(Some(cache.path().to_owned())).unwrap(), &source, only_faults_stop_it())
         .unwrap();
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         std::fs::write(entry.unwrap().path(), b"not a compiled component").unwrap();
     }
     let engine = PolicyEngine::new(Some(cache.path().to_owned())).unwrap();
-    let policy = RouterPolicy::load(&engine, &source, PolicyLimits::default()).unwrap();
+    let policy = RouterPolicy::load(&engine, &source, only_faults_stop_it()).unwrap();
     assert!(!policy.compiled_from_cache());
     assert_eq!(engine.compilations(), 1);
 }
@@ -220,8 +229,8 @@ fn a_corrupt_cache_entry_is_recompiled() {
 #[test]
 fn a_published_version_takes_over_before_the_next_decision() {
     let engine = engine();
-    let probe = RouterPolicy::load(&engine, &test_plugin("completion-probe"), PolicyLimits::default()).unwrap();
-    let least = RouterPolicy::load(&engine, &PolicySource::parse("builtin:least-loaded").unwrap(), PolicyLimits::default())
+    let probe = RouterPolicy::load(&engine, &test_plugin("completion-probe"), only_faults_stop_it()).unwrap();
+    let least = RouterPolicy::load(&engine, &PolicySource::parse("builtin:least-loaded").unwrap(), only_faults_stop_it())
         .unwrap();
     let slot = RouterSlot::new(probe.clone());
     let mut router = RouterInstance::new(slot.clone(), pool("swap")).unwrap();
@@ -239,26 +248,26 @@ fn bad_policy_references_are_clear_errors() {
     assert!(err.contains("builtin:least-loaded, builtin:round-robin"), "{err}");
 
     let missing = PolicySource::parse("/nonexistent/policy.wasm").unwrap();
-    let err = format!("{:#}", RouterPolicy::load(&engine(), &missing, PolicyLimits::default()).err().unwrap());
+    let err = format!("{:#}", RouterPolicy::load(&engine(), &missing, only_faults_stop_it()).err().unwrap());
     assert!(err.contains("cannot read policy component /nonexistent/policy.wasm"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm garbage").unwrap();
-    let err = format!("{:#}", RouterPolicy::load(&engine(), &PolicySource::File(junk), PolicyLimits::default()).err().unwrap());
+    let err = format!("{:#}", RouterPolicy::load(&engine(), &PolicySource::File(junk), only_faults_stop_it()).err().unwrap());
     assert!(err.contains("not a valid WebAssembly component"), "{err}");
 }
 
 #[test]
 fn a_component_with_the_wrong_contract_is_refused_at_load() {
-    let err = RouterPolicy::load(&engine(), &test_plugin("wrong-contract"), PolicyLimits::default()).err().unwrap();
+    let err = RouterPolicy::load(&engine(), &test_plugin("wrong-contract"), only_faults_stop_it()).err().unwrap();
     let message = format!("{err:#}");
     assert!(message.contains("does not instantiate as a pitboss:policy@0.1.0 router"), "{message}");
 }
 
 #[test]
 fn every_worker_field_reaches_the_guest_intact() {
-    let mut router = router(&test_plugin("completion-probe"), PolicyLimits::default());
+    let mut router = router(&test_plugin("completion-probe"), only_faults_stop_it());
     let workers = [
         WorkerView { id: 7, capacity: 8, in_flight: 3, served: u64::MAX, age_ms: 1 << 40, rss_bytes: 123_456_789_012, state: WorkerState::Draining },
         WorkerView { id: u32::MAX, capacity: 1, in_flight: 0, served: 0, age_ms: 5, rss_bytes: 0, state: WorkerState::Starting },
