@@ -118,9 +118,10 @@ fn start_router(engine: &PolicyEngine, pool: &crate::config::PoolConfig) -> Resu
         name: pool.name.clone(),
         profile: match pool.profile {
             Profile::Process => policy::Profile::Process,
+            Profile::Thread => policy::Profile::Thread,
         },
         size: pool.size,
-        threads_per_worker: 1,
+        threads_per_worker: pool.threads_per_worker,
         options: pool.router_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     RouterInstance::new(RouterSlot::new(policy), info)

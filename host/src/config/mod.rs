@@ -66,16 +66,79 @@ pub struct PoolConfig {
     /// Requests that may wait for a worker; more are refused at once.
     pub queue_limit: usize,
     pub queue_timeout: Duration,
+    /// Calls one worker serves at once: 1 for process pools.
+    pub threads_per_worker: u32,
+    /// What a thread pool runs instead when its thread workers cannot start.
+    pub fallback_profile: Option<Profile>,
+    /// Ask thread workers to watch for concurrent entry into unsafe tools.
+    pub thread_safety_checks: bool,
+    pub lifecycle: Lifecycle,
+}
+
+/// When workers are retired and replaced, and how a pool starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lifecycle {
+    /// Age after which a worker is recycled; `None` is "never".
+    pub worker_ttl: Option<Duration>,
+    /// Calls after which a worker is recycled.
+    pub worker_max_requests: Option<u64>,
+    /// Resident memory above which a worker is recycled after its current call.
+    pub worker_max_rss: Option<u64>,
+    /// Fraction (0 to 0.5) by which each worker's limits are lowered at
+    /// random, so that workers started together do not retire together.
+    pub recycle_jitter: f64,
+    /// Workers of one pool that may be draining at the same time.
+    pub max_concurrent_recycles: u32,
+    /// Workers started together at pool start.
+    pub startup_batch_size: u32,
+    /// Pause between two startup batches.
+    pub startup_batch_delay: Duration,
+    /// How often each worker is pinged.
+    pub ping_interval: Duration,
+    /// Pings in a row a worker may leave unanswered before it is killed.
+    pub max_missed_pings: u32,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            worker_ttl: None,
+            worker_max_requests: None,
+            worker_max_rss: None,
+            recycle_jitter: 0.1,
+            max_concurrent_recycles: 1,
+            startup_batch_size: 8,
+            startup_batch_delay: Duration::ZERO,
+            ping_interval: Duration::from_secs(5),
+            max_missed_pings: 3,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {
+    /// Single-threaded workers, one call each at a time.
     Process,
+    /// Workers that each serve `threads_per_worker` calls at once.
+    Thread,
+}
+
+impl Profile {
+    fn parse(text: &str) -> Option<Profile> {
+        match text {
+            "process" => Some(Profile::Process),
+            "thread" => Some(Profile::Thread),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("process")
+        f.write_str(match self {
+            Profile::Process => "process",
+            Profile::Thread => "thread",
+        })
     }
 }
 
@@ -153,6 +216,19 @@ struct RawPool {
     request_timeout: Option<String>,
     queue_limit: Option<i64>,
     queue_timeout: Option<String>,
+    threads_per_worker: Option<i64>,
+    fallback_profile: Option<String>,
+    #[serde(default)]
+    thread_safety_checks: bool,
+    worker_ttl: Option<String>,
+    worker_max_requests: Option<i64>,
+    worker_max_rss: Option<String>,
+    recycle_jitter: Option<f64>,
+    max_concurrent_recycles: Option<i64>,
+    startup_batch_size: Option<i64>,
+    startup_batch_delay: Option<String>,
+    ping_interval: Option<String>,
+    max_missed_pings: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -237,21 +313,39 @@ fn pool_config(raw: RawPool, base: &Path, host_python: Option<&Path>, problems: 
     if raw.name.trim().is_empty() {
         problems.push("pool.name: must not be empty".to_owned());
     }
-    let profile = match raw.profile.as_deref() {
-        None | Some("process") => Profile::Process,
-        Some(other) => {
-            problems.push(format!("{}: `{other}` is not a profile this host runs; use \"process\"", key("profile")));
+    let profile = match raw.profile.as_deref().map(|text| (text, Profile::parse(text))) {
+        None => Profile::Process,
+        Some((_, Some(profile))) => profile,
+        Some((other, None)) => {
+            problems.push(format!("{}: `{other}` is not a profile; use \"process\" or \"thread\"", key("profile")));
             Profile::Process
         }
     };
-    let size = match raw.size {
-        None => default_pool_size(),
-        Some(size) if (1..=i64::from(u16::MAX)).contains(&size) => size as u32,
-        Some(size) => {
-            problems.push(format!("{}: must be between 1 and {} (got {size})", key("size"), u16::MAX));
+    let size = bounded(&key("size"), raw.size, 1, i64::from(u16::MAX), problems).map_or_else(default_pool_size, |n| n as u32);
+    let threads_per_worker = match (profile, raw.threads_per_worker) {
+        (Profile::Process, Some(threads)) if threads != 1 => {
+            problems.push(format!(
+                "{}: a process pool serves one call per worker (got {threads}); set `profile = \"thread\"` or remove the key",
+                key("threads_per_worker")
+            ));
             1
         }
+        (Profile::Process, _) => 1,
+        (Profile::Thread, threads) => bounded(&key("threads_per_worker"), threads, 1, 1024, problems).map_or(4, |n| n as u32),
     };
+    let fallback_profile = match (profile, raw.fallback_profile.as_deref()) {
+        (_, None) => None,
+        (Profile::Thread, Some("process")) => Some(Profile::Process),
+        (Profile::Thread, Some(other)) => {
+            problems.push(format!("{}: `{other}` cannot be a fallback; the only one is \"process\"", key("fallback_profile")));
+            None
+        }
+        (Profile::Process, Some(_)) => {
+            problems.push(format!("{}: only thread pools fall back; remove the key", key("fallback_profile")));
+            None
+        }
+    };
+    let lifecycle = lifecycle(&raw, &key, problems);
     if raw.adapter.trim().is_empty() {
         problems.push(format!("{}: must name a module or module:Class", key("adapter")));
     }
@@ -294,10 +388,79 @@ fn pool_config(raw: RawPool, base: &Path, host_python: Option<&Path>, problems: 
         request_timeout: duration(&key("request_timeout"), raw.request_timeout, Duration::from_secs(60), problems),
         queue_limit,
         queue_timeout: duration(&key("queue_timeout"), raw.queue_timeout, Duration::from_secs(30), problems),
+        threads_per_worker,
+        fallback_profile,
+        thread_safety_checks: raw.thread_safety_checks,
+        lifecycle,
         adapter: raw.adapter,
         name: raw.name,
     };
     (problems.len() == before).then_some(pool)
+}
+
+fn lifecycle(raw: &RawPool, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) -> Lifecycle {
+    let defaults = Lifecycle::default();
+    let worker_ttl = match raw.worker_ttl.as_deref() {
+        None | Some("never") => None,
+        Some(text) => Some(duration(&key("worker_ttl"), Some(text.to_owned()), Duration::MAX, problems)),
+    };
+    let worker_max_rss = match raw.worker_max_rss.as_deref().map(parse_size) {
+        None => None,
+        Some(Ok(bytes)) if bytes > 0 => Some(bytes),
+        Some(Ok(_)) => {
+            problems.push(format!("{}: must be more than zero; leave it out for no limit", key("worker_max_rss")));
+            None
+        }
+        Some(Err(err)) => {
+            problems.push(format!("{}: {err}; write e.g. \"1.5GiB\"", key("worker_max_rss")));
+            None
+        }
+    };
+    let recycle_jitter = match raw.recycle_jitter {
+        None => defaults.recycle_jitter,
+        Some(jitter) if (0.0..=0.5).contains(&jitter) => jitter,
+        Some(jitter) => {
+            problems.push(format!("{}: must be a fraction from 0 to 0.5 (got {jitter})", key("recycle_jitter")));
+            defaults.recycle_jitter
+        }
+    };
+    let startup_batch_delay = match raw.startup_batch_delay.as_deref().map(parse_duration) {
+        None => defaults.startup_batch_delay,
+        Some(Ok(delay)) => delay,
+        Some(Err(err)) => {
+            problems.push(format!("{}: {err}", key("startup_batch_delay")));
+            defaults.startup_batch_delay
+        }
+    };
+    let count = |name: &str, value: Option<i64>, max: u16, problems: &mut Vec<String>| {
+        bounded(&key(name), value, 1, i64::from(max), problems).map(|n| n as u32)
+    };
+    Lifecycle {
+        worker_ttl,
+        worker_max_requests: bounded(&key("worker_max_requests"), raw.worker_max_requests, 1, i64::MAX, problems),
+        worker_max_rss,
+        recycle_jitter,
+        max_concurrent_recycles: count("max_concurrent_recycles", raw.max_concurrent_recycles, u16::MAX, problems)
+            .unwrap_or(defaults.max_concurrent_recycles),
+        startup_batch_size: count("startup_batch_size", raw.startup_batch_size, u16::MAX, problems)
+            .unwrap_or(defaults.startup_batch_size),
+        startup_batch_delay,
+        ping_interval: duration(&key("ping_interval"), raw.ping_interval.clone(), defaults.ping_interval, problems),
+        max_missed_pings: count("max_missed_pings", raw.max_missed_pings, 1000, problems)
+            .unwrap_or(defaults.max_missed_pings),
+    }
+}
+
+/// An integer key that must lie in `min..=max`; `None` when absent or wrong
+/// (the problem is recorded).
+fn bounded(key: &str, value: Option<i64>, min: i64, max: i64, problems: &mut Vec<String>) -> Option<u64> {
+    let value = value?;
+    if (min..=max).contains(&value) {
+        Some(value as u64)
+    } else {
+        problems.push(format!("{key}: must be between {min} and {max} (got {value})"));
+        None
+    }
 }
 
 fn duration(key: &str, text: Option<String>, default: Duration, problems: &mut Vec<String>) -> Duration {

@@ -103,7 +103,7 @@ router_limits = { max_memory = "lots" }
     let expected = [
         "host.api_address: `nowhere` is not an address",
         "host.shutdown_grace: `10` has no unit",
-        "pool.a.profile: `fibre` is not a profile",
+        "pool.a.profile: `fibre` is not a profile; use \"process\" or \"thread\"",
         "pool.a.size: must be between 1 and 65535 (got 0)",
         "pool.a.queue_limit: must be 0 or more (got -1)",
         "pool.a.request_timeout: must be longer than zero",
@@ -155,4 +155,99 @@ fn relative_paths_become_absolute() {
     assert!(pool.python_path[0].is_absolute());
     let bare = Config::parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\n", Path::new("pitboss.toml")).unwrap();
     assert_eq!(bare.pools[0].working_dir, cwd.join("."));
+}
+
+#[test]
+fn thread_pools_and_lifecycle_keys() {
+    let config = parse(
+        r#"
+[[pool]]
+name = "t"
+adapter = "m"
+profile = "thread"
+threads_per_worker = 8
+fallback_profile = "process"
+thread_safety_checks = true
+worker_ttl = "30m"
+worker_max_requests = 500
+worker_max_rss = "1.5GiB"
+recycle_jitter = 0.2
+max_concurrent_recycles = 2
+startup_batch_size = 4
+startup_batch_delay = "250ms"
+ping_interval = "2s"
+max_missed_pings = 5
+"#,
+    )
+    .unwrap();
+    let pool = &config.pools[0];
+    assert_eq!((pool.profile, pool.threads_per_worker), (Profile::Thread, 8));
+    assert_eq!(pool.fallback_profile, Some(Profile::Process));
+    assert!(pool.thread_safety_checks);
+    let expected = Lifecycle {
+        worker_ttl: Some(Duration::from_secs(1800)),
+        worker_max_requests: Some(500),
+        worker_max_rss: Some(1536 << 20),
+        recycle_jitter: 0.2,
+        max_concurrent_recycles: 2,
+        startup_batch_size: 4,
+        startup_batch_delay: Duration::from_millis(250),
+        ping_interval: Duration::from_secs(2),
+        max_missed_pings: 5,
+    };
+    assert_eq!(pool.lifecycle, expected);
+
+    let plain = parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\nworker_ttl = \"never\"\n").unwrap();
+    assert_eq!(plain.pools[0].threads_per_worker, 1);
+    assert_eq!(plain.pools[0].lifecycle, Lifecycle::default());
+    let thread = parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\nprofile = \"thread\"\n").unwrap();
+    assert_eq!(thread.pools[0].threads_per_worker, 4);
+}
+
+#[test]
+fn bad_thread_and_lifecycle_keys_are_all_reported() {
+    let found = problems(
+        r#"
+[[pool]]
+name = "p"
+adapter = "m"
+threads_per_worker = 4
+fallback_profile = "process"
+worker_ttl = "soon"
+worker_max_requests = 0
+worker_max_rss = "0MiB"
+recycle_jitter = 0.9
+max_concurrent_recycles = 0
+startup_batch_size = -1
+startup_batch_delay = "x"
+ping_interval = "0s"
+max_missed_pings = 0
+
+[[pool]]
+name = "t"
+adapter = "m"
+profile = "thread"
+threads_per_worker = 0
+fallback_profile = "thread"
+"#,
+    );
+    let expected = [
+        "pool.p.threads_per_worker: a process pool serves one call per worker (got 4)",
+        "pool.p.fallback_profile: only thread pools fall back",
+        "pool.p.worker_ttl: `soon` does not start with a number",
+        "pool.p.worker_max_rss: must be more than zero",
+        "pool.p.recycle_jitter: must be a fraction from 0 to 0.5 (got 0.9)",
+        "pool.p.startup_batch_delay: `x` does not start with a number",
+        "pool.p.worker_max_requests: must be between 1 and",
+        "pool.p.max_concurrent_recycles: must be between 1 and 65535 (got 0)",
+        "pool.p.startup_batch_size: must be between 1 and 65535 (got -1)",
+        "pool.p.ping_interval: must be longer than zero",
+        "pool.p.max_missed_pings: must be between 1 and 1000 (got 0)",
+        "pool.t.threads_per_worker: must be between 1 and 1024 (got 0)",
+        "pool.t.fallback_profile: `thread` cannot be a fallback",
+    ];
+    for want in expected {
+        assert!(found.iter().any(|p| p.starts_with(want)), "missing {want:?} in {found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
 }
