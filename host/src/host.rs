@@ -15,7 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::{Config, Profile};
 use crate::policy::{self, PolicyEngine, PolicySource, PoolInfo, RouterInstance, RouterPolicy, RouterSlot};
-use crate::pool::{CallError, CallOutput, CallRequest, ErrorKind, Pool, PoolServices, PoolStatus};
+use crate::pool::{CallError, CallOutput, CallRequest, ErrorKind, Pool, PoolServices, PoolStatus, RecycleError};
 use crate::worker::{Spawner, WorkerRecords};
 
 pub struct Host {
@@ -26,7 +26,8 @@ pub struct Host {
 }
 
 impl Host {
-    /// Starts every pool and waits until all their workers are ready. Must
+    /// Starts every pool and waits until each has a ready worker (the rest
+    /// keep starting in the background; [`Host::status`] counts them). Must
     /// run inside a tokio runtime. On any failure, whatever started is
     /// stopped again and the error says what failed.
     pub async fn start(config: Config) -> Result<Host> {
@@ -60,7 +61,7 @@ impl Host {
             };
             match started.await {
                 Ok(pool) => {
-                    tracing::info!(pool = %pool_config.name, size = pool_config.size, "pool ready");
+                    tracing::info!(pool = %pool_config.name, size = pool_config.size, "pool serving; the rest of its workers keep starting");
                     pools.insert(pool_config.name.clone(), pool);
                 }
                 Err(err) => {
@@ -82,12 +83,23 @@ impl Host {
     pub async fn execute(&self, pool: &str, request: CallRequest) -> Result<CallOutput, CallError> {
         match self.pools.get(pool) {
             Some(pool) => pool.execute(request).await,
-            None => {
-                let known: Vec<&str> = self.pools.keys().map(String::as_str).collect();
-                let message = format!("no pool named `{pool}`; the pools are: {}", known.join(", "));
-                Err(CallError::new(ErrorKind::UnknownPool, message))
-            }
+            None => Err(CallError::new(ErrorKind::UnknownPool, self.unknown_pool(pool))),
         }
+    }
+
+    /// Recycles worker `worker` of `pool` the way the lifecycle limits do:
+    /// it takes no new calls, its replacement starts, and it stops once the
+    /// replacement is ready and its own calls are done.
+    pub async fn recycle(&self, pool: &str, worker: u32) -> Result<(), RecycleError> {
+        match self.pools.get(pool) {
+            Some(found) => found.recycle(worker).await,
+            None => Err(RecycleError::NotFound(self.unknown_pool(pool))),
+        }
+    }
+
+    fn unknown_pool(&self, pool: &str) -> String {
+        let known: Vec<&str> = self.pools.keys().map(String::as_str).collect();
+        format!("no pool named `{pool}`; the pools are: {}", known.join(", "))
     }
 
     /// Every pool's state, in name order.

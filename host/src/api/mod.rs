@@ -1,4 +1,5 @@
-//! The gRPC API (`pitboss.v1.Pitboss`, plus the standard health service),
+//! The gRPC API (`pitboss.v1.Pitboss` for callers, `pitboss.v1.Admin` for
+//! operators, plus the standard health service),
 //! served on top of a [`Host`], and the client types the CLI uses.
 //!
 //! Owns: mapping between protobuf messages and the library's types, and
@@ -17,7 +18,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
-use crate::pool::{CallError, CallRequest, ErrorKind};
+use crate::pool::{CallError, CallRequest, ErrorKind, PoolStatus, RecycleError};
 use crate::worker::ContentType;
 use crate::Host;
 
@@ -26,6 +27,7 @@ pub mod proto {
     tonic::include_proto!("pitboss.v1");
 }
 
+use proto::admin_server::{Admin, AdminServer};
 use proto::pitboss_server::{Pitboss, PitbossServer};
 
 /// Binds the API address; done before any worker starts, so a taken port
@@ -41,7 +43,8 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, shutdown: impl Future
     health.set_serving::<PitbossServer<Service>>().await;
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(PitbossServer::new(Service { host }))
+        .add_service(PitbossServer::new(Service { host: host.clone() }))
+        .add_service(AdminServer::new(Service { host }))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .context("the API server failed")
@@ -94,27 +97,71 @@ impl Pitboss for Service {
         &self,
         _request: Request<proto::ListPoolsRequest>,
     ) -> Result<Response<proto::ListPoolsResponse>, Status> {
-        let pools = self
-            .host
-            .status()
-            .await
-            .into_iter()
-            .map(|p| proto::PoolStatus {
-                name: p.name,
-                profile: p.profile,
-                size: p.size,
-                ready: p.ready,
-                starting: p.starting,
-                in_flight: p.in_flight,
-                queued: p.queued,
-                served: p.served,
-                failed: p.failed,
-                crashes: p.crashes,
-                degraded: p.degraded,
-                router: p.router,
-            })
-            .collect();
+        let pools = self.host.status().await.into_iter().map(pool_status).collect();
         Ok(Response::new(proto::ListPoolsResponse { pools }))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Service {
+    async fn recycle_worker(
+        &self,
+        request: Request<proto::RecycleWorkerRequest>,
+    ) -> Result<Response<proto::RecycleWorkerResponse>, Status> {
+        let request = request.into_inner();
+        match self.host.recycle(&request.pool, request.worker).await {
+            Ok(()) => Ok(Response::new(proto::RecycleWorkerResponse {})),
+            Err(RecycleError::NotFound(message)) => Err(Status::not_found(message)),
+            Err(RecycleError::Refused(message)) => Err(Status::failed_precondition(message)),
+        }
+    }
+}
+
+fn pool_status(p: PoolStatus) -> proto::PoolStatus {
+    proto::PoolStatus {
+        name: p.name,
+        profile: p.profile,
+        size: p.size,
+        ready: p.ready,
+        starting: p.starting,
+        in_flight: p.in_flight,
+        queued: p.queued,
+        served: p.served,
+        failed: p.failed,
+        crashes: p.crashes,
+        degraded: p.degraded,
+        router: p.router,
+        threads_per_worker: p.threads_per_worker,
+        fallback: p.fallback.unwrap_or_default(),
+        draining: p.draining,
+        restarts: p.restarts,
+        recycles: p.recycles.all().map(|(reason, count)| (reason.as_str().to_owned(), count)).collect(),
+        facts: p.facts.map(|f| proto::PoolFacts {
+            python_version: f.python_version,
+            implementation: f.implementation,
+            free_threaded_build: f.free_threaded_build,
+            gil_enabled: f.gil_enabled,
+            thread_safe: match f.thread_safe {
+                Some(true) => "true",
+                Some(false) => "false",
+                None => "undeclared",
+            }
+            .to_owned(),
+            unsafe_modules: f.unsafe_modules,
+        }),
+        workers: p
+            .workers
+            .into_iter()
+            .map(|w| proto::WorkerStatus {
+                id: w.id,
+                pid: w.pid,
+                state: w.state.to_owned(),
+                in_flight: w.in_flight,
+                served: w.served,
+                rss_bytes: w.rss_bytes,
+                age_ms: w.age.as_millis() as u64,
+            })
+            .collect(),
     }
 }
 

@@ -1,23 +1,22 @@
 //! The task behind a [`super::Pool`]: the only owner of the pool's queue,
-//! worker table and router instance, driven by events.
+//! worker table and router instance, driven by events. It also runs each
+//! worker's life: startup in batches, liveness pings, memory samples,
+//! recycling by age, calls or memory, and replacement.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
+use std::collections::VecDeque;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::sleep_until;
+use tokio::time::{sleep_until, MissedTickBehavior};
 
-use super::{CallError, CallOutput, CallRequest, ErrorKind, PoolServices, PoolStatus, WorkerStatus};
-use crate::config::PoolConfig;
+use super::lifecycle::{worker_env, Reason, RecycleCounts, Retirement, Stage, WorkerLimits};
+use super::{
+    CallError, CallOutput, CallRequest, ErrorKind, PoolFacts, PoolServices, PoolStatus, RecycleError, WorkerStatus,
+};
+use crate::config::{PoolConfig, Profile};
 use crate::policy::{Decision, RequestView, RouterInstance, WorkerState, WorkerView};
 use crate::worker::{self, CallOutcome, StartError, WorkerExit, WorkerHandle, WorkerSpec};
-
-/// Thread-pool variables set to 1 for process workers: N processes × M
-/// native threads would oversubscribe the CPUs. The pool's `env` wins.
-const THREAD_LIMIT_VARS: [&str; 5] =
-    ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"];
 
 /// Replacement delays after consecutive crashes: none for the first, then
 /// doubling from this, up to the cap.
@@ -28,6 +27,9 @@ const DEGRADED_AFTER: u32 = 3;
 /// During shutdown: how long workers get after the shutdown frame, then
 /// after SIGTERM, before the next step.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(2);
+/// Longest gap between two housekeeping rounds (memory samples, ttl,
+/// retirement steps); pings may ask for shorter.
+const MAX_HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
 
 pub(super) enum Event {
     Submit { request: CallRequest, reply: oneshot::Sender<Result<CallOutput, CallError>> },
@@ -35,6 +37,8 @@ pub(super) enum Event {
     Started { id: u32, outcome: Result<WorkerHandle, StartError> },
     Exited(WorkerExit),
     Replace,
+    NextStartupBatch,
+    Recycle { worker: u32, reply: oneshot::Sender<Result<(), RecycleError>> },
     Status(oneshot::Sender<PoolStatus>),
     Shutdown { grace: Duration, done: oneshot::Sender<()> },
 }
@@ -44,11 +48,44 @@ struct Worker {
     /// `None` while starting.
     handle: Option<WorkerHandle>,
     in_flight: u32,
+    /// Calls handed to it, answered or not.
+    dispatched: u64,
     served: u64,
     spawned_at: Instant,
+    limits: WorkerLimits,
+    /// Resident memory at the last sample.
+    rss_bytes: u64,
+    /// Sequence number of the last PING sent.
+    pings_sent: u64,
     /// Set once the host decided to stop it: no new calls, and its exit is
     /// not a crash.
-    retiring: bool,
+    retirement: Option<Retirement>,
+}
+
+impl Worker {
+    fn state(&self) -> WorkerState {
+        match (&self.handle, &self.retirement) {
+            (_, Some(_)) => WorkerState::Draining,
+            (None, None) => WorkerState::Starting,
+            (Some(_), None) => WorkerState::Ready,
+        }
+    }
+
+    /// Said hello and is neither stopping nor killed (a draining worker
+    /// still counts: it finishes its calls).
+    fn alive_and_ready(&self) -> bool {
+        self.handle.is_some()
+            && !matches!(self.retirement.map(|r| r.stage), Some(Stage::Stopping { .. } | Stage::Killed))
+    }
+
+    fn state_name(&self) -> &'static str {
+        match (&self.handle, self.retirement.map(|r| r.stage)) {
+            (None, _) => "starting",
+            (Some(_), None) => "ready",
+            (Some(_), Some(Stage::Waiting | Stage::Draining { .. })) => "draining",
+            (Some(_), Some(Stage::Stopping { .. } | Stage::Killed)) => "stopping",
+        }
+    }
 }
 
 struct Queued {
@@ -66,6 +103,11 @@ enum Shutdown {
 
 struct Dispatcher {
     config: PoolConfig,
+    /// The profile workers start with: the configured one, or `process`
+    /// once a thread pool fell back.
+    profile: Profile,
+    /// Why the pool fell back to the process profile.
+    fallback: Option<String>,
     index: usize,
     router: RouterInstance,
     services: PoolServices,
@@ -80,14 +122,25 @@ struct Dispatcher {
     tools: Option<Vec<String>>,
     next_worker_id: u32,
     next_request_id: u64,
-    /// Until every initial worker is up: where to report the pool's start.
-    starting: Option<(usize, oneshot::Sender<Result<(), StartError>>)>,
+    /// Until the first worker is ready: where to report the pool's start.
+    starting: Option<oneshot::Sender<Result<(), StartError>>>,
+    /// Initial workers not started yet (startup batches).
+    unstarted: u32,
+    /// Workers of the current startup batch that have not reported.
+    batch_pending: Vec<u32>,
     consecutive_crashes: u32,
     replacements_due: u32,
     served: u64,
     failed: u64,
     crashes: u64,
     restarts: u64,
+    recycles: RecycleCounts,
+    /// What the last worker that said hello reported.
+    facts: Option<PoolFacts>,
+    /// Warnings given once per pool, so a recycling pool does not repeat them.
+    warned_gil: bool,
+    warned_thread_safety: bool,
+    next_ping: Instant,
     shutdown: Option<(Shutdown, Vec<oneshot::Sender<()>>)>,
 }
 
@@ -102,8 +155,16 @@ pub(super) fn spawn(
     let (events, incoming) = mpsc::unbounded_channel();
     let (exits, exit_events) = mpsc::unbounded_channel();
     let (started, started_rx) = oneshot::channel();
-    let size = config.size as usize;
     let mut dispatcher = Dispatcher {
+        profile: config.profile,
+        fallback: None,
+        unstarted: config.size,
+        batch_pending: Vec::new(),
+        recycles: RecycleCounts::default(),
+        facts: None,
+        warned_gil: false,
+        warned_thread_safety: false,
+        next_ping: Instant::now() + config.lifecycle.ping_interval,
         config,
         index,
         router,
@@ -116,7 +177,7 @@ pub(super) fn spawn(
         tools: None,
         next_worker_id: 0,
         next_request_id: 1,
-        starting: Some((size, started)),
+        starting: Some(started),
         consecutive_crashes: 0,
         replacements_due: 0,
         served: 0,
@@ -125,15 +186,16 @@ pub(super) fn spawn(
         restarts: 0,
         shutdown: None,
     };
-    for _ in 0..size {
-        dispatcher.start_worker();
-    }
+    dispatcher.start_batch();
     tokio::spawn(dispatcher.run(incoming, exit_events));
     (events, started_rx)
 }
 
 impl Dispatcher {
     async fn run(mut self, mut incoming: mpsc::UnboundedReceiver<Event>, mut exits: mpsc::UnboundedReceiver<WorkerExit>) {
+        let period = self.config.lifecycle.ping_interval.min(MAX_HOUSEKEEPING_PERIOD);
+        let mut housekeeping = tokio::time::interval(period);
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let queue_deadline = self.queue.front().map(|q| q.deadline);
             let shutdown_deadline = match &self.shutdown {
@@ -147,6 +209,10 @@ impl Dispatcher {
                     None => Event::Shutdown { grace: Duration::ZERO, done: oneshot::channel().0 },
                 },
                 Some(exit) = exits.recv() => Event::Exited(exit),
+                _ = housekeeping.tick() => {
+                    self.housekeeping();
+                    continue;
+                }
                 _ = sleep_until(queue_deadline.unwrap_or_else(far_future).into()), if queue_deadline.is_some() => {
                     self.expire_queue();
                     continue;
@@ -177,8 +243,22 @@ impl Dispatcher {
                 self.replacements_due = self.replacements_due.saturating_sub(1);
                 if self.shutdown.is_none() {
                     self.restarts += 1;
-                    self.start_worker();
+                    let id = self.start_worker();
+                    // A draining worker whose replacement failed waits for this one.
+                    if let Some(draining) = self.workers.iter_mut().find(|w| {
+                        matches!(w.retirement.map(|r| r.stage), Some(Stage::Draining { replacement: None }))
+                    }) {
+                        draining.retirement.as_mut().expect("matched above").stage = Stage::Draining { replacement: Some(id) };
+                    }
                 }
+            }
+            Event::NextStartupBatch => {
+                if self.shutdown.is_none() {
+                    self.start_batch();
+                }
+            }
+            Event::Recycle { worker, reply } => {
+                let _ = reply.send(self.recycle_on_request(worker));
             }
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -260,18 +340,15 @@ impl Dispatcher {
     fn decide(&mut self, request: &RequestView) -> Decision {
         let now = Instant::now();
         self.views.clear();
+        let capacity = self.threads();
         self.views.extend(self.workers.iter().map(|w| WorkerView {
             id: w.id,
-            capacity: 1,
+            capacity,
             in_flight: w.in_flight,
             served: w.served,
             age_ms: now.duration_since(w.spawned_at).as_millis() as u64,
-            rss_bytes: 0,
-            state: match (&w.handle, w.retiring) {
-                (_, true) => WorkerState::Draining,
-                (None, false) => WorkerState::Starting,
-                (Some(_), false) => WorkerState::Ready,
-            },
+            rss_bytes: w.rss_bytes,
+            state: w.state(),
         }));
         self.router.route(request, &self.views).decision
     }
@@ -282,6 +359,8 @@ impl Dispatcher {
         };
         let handle = worker.handle.as_ref().expect("only ready workers are routed to");
         worker.in_flight += 1;
+        worker.dispatched += 1;
+        let used_up = worker.limits.max_requests.is_some_and(|max| worker.dispatched >= max);
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let Queued { request, reply, .. } = queued;
@@ -314,6 +393,9 @@ impl Dispatcher {
             notify(&events, Event::Finished { worker: worker_id, tool, ok: result.is_ok(), latency: duration, timed_out });
             let _ = reply.send(result);
         });
+        if used_up {
+            self.retire(worker_id, Reason::MaxRequests);
+        }
     }
 
     fn finished(&mut self, worker_id: u32, tool: &str, ok: bool, latency: Duration, timed_out: bool) {
@@ -326,24 +408,204 @@ impl Dispatcher {
         if let Some(worker) = self.workers.iter_mut().find(|w| w.id == worker_id) {
             worker.in_flight -= 1;
             worker.served += 1;
-            if timed_out {
-                // It may still be computing the abandoned call: a process
-                // worker is stopped, so its late answer reaches no one.
-                worker.retiring = true;
-                if let Some(handle) = &worker.handle {
-                    tracing::warn!(pool = %self.config.name, worker = worker_id, "call timed out; replacing the worker");
-                    handle.kill();
-                }
-            }
+        }
+        // A worker that overran may still be computing the abandoned call:
+        // it is stopped, so its late answer reaches no one. (A thread worker
+        // cannot stop one call either, so it goes the same way.)
+        if timed_out {
+            self.kill(worker_id, Reason::Timeout);
         }
         self.router.on_complete(worker_id, tool, ok, latency.as_micros() as u64);
+        self.advance_recycles();
         self.pump();
     }
 
-    fn start_worker(&mut self) {
+    fn threads(&self) -> u32 {
+        match self.profile {
+            Profile::Process => 1,
+            Profile::Thread => self.config.threads_per_worker,
+        }
+    }
+
+    /// Starts the next wave of initial workers; the one after it follows
+    /// once this wave has reported, after `startup_batch_delay`.
+    fn start_batch(&mut self) {
+        let batch = self.unstarted.min(self.config.lifecycle.startup_batch_size);
+        self.unstarted -= batch;
+        self.batch_pending = (0..batch).map(|_| self.start_worker()).collect();
+    }
+
+    fn startup_batch_reported(&mut self, worker_id: u32) {
+        let before = self.batch_pending.len();
+        self.batch_pending.retain(|&id| id != worker_id);
+        if before > 0 && self.batch_pending.is_empty() && self.unstarted > 0 {
+            let delay = self.config.lifecycle.startup_batch_delay;
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                notify(&events, Event::NextStartupBatch);
+            });
+        }
+    }
+
+    /// Marks a worker due for recycling: it takes no new calls from now on,
+    /// and drains once a recycle slot is free.
+    fn retire(&mut self, worker_id: u32, reason: Reason) {
+        let Some(worker) = self.workers.iter_mut().find(|w| w.id == worker_id) else { return };
+        if worker.retirement.is_some() || worker.handle.is_none() || self.shutdown.is_some() {
+            return;
+        }
+        tracing::info!(pool = %self.config.name, worker = worker_id, %reason, served = worker.served,
+            rss_bytes = worker.rss_bytes, "recycling the worker");
+        worker.retirement = Some(Retirement { reason, stage: Stage::Waiting });
+        self.recycles.add(reason);
+        self.advance_recycles();
+    }
+
+    /// Kills a worker at once (it overran or stopped answering); its exit
+    /// starts the replacement.
+    fn kill(&mut self, worker_id: u32, reason: Reason) {
+        let Some(worker) = self.workers.iter_mut().find(|w| w.id == worker_id) else { return };
+        let Some(handle) = &worker.handle else { return };
+        if matches!(worker.retirement.map(|r| r.stage), Some(Stage::Killed)) {
+            return;
+        }
+        tracing::warn!(pool = %self.config.name, worker = worker_id, pid = handle.pid, %reason, "killing the worker; a replacement starts");
+        handle.kill();
+        // A replacement already started for it takes its place.
+        let replacement_started = matches!(worker.retirement.map(|r| r.stage), Some(Stage::Draining { replacement: Some(_) }));
+        worker.retirement = Some(Retirement { reason, stage: if replacement_started { Stage::Stopping { next: far_future(), signals_sent: 2 } } else { Stage::Killed } });
+        self.recycles.add(reason);
+    }
+
+    /// Moves retiring workers along: waiting ones start draining while
+    /// recycle slots are free (their replacement starts), drained ones
+    /// whose replacement is ready get the shutdown frame.
+    fn advance_recycles(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let draining = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.retirement.map(|r| r.stage), Some(Stage::Draining { .. })))
+            .count() as u32;
+        let free_slots = self.config.lifecycle.max_concurrent_recycles.saturating_sub(draining);
+        let waiting: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.retirement.map(|r| r.stage), Some(Stage::Waiting)))
+            .map(|w| w.id)
+            .take(free_slots as usize)
+            .collect();
+        for id in waiting {
+            let replacement = self.start_worker();
+            self.restarts += 1;
+            if let Some(worker) = self.workers.iter_mut().find(|w| w.id == id) {
+                worker.retirement.as_mut().expect("waiting workers are retiring").stage =
+                    Stage::Draining { replacement: Some(replacement) };
+            }
+        }
+        let ready: Vec<u32> = self.workers.iter().filter(|w| w.handle.is_some()).map(|w| w.id).collect();
+        let now = Instant::now();
+        for worker in &mut self.workers {
+            let Some(retirement) = &mut worker.retirement else { continue };
+            let Stage::Draining { replacement: Some(replacement) } = retirement.stage else { continue };
+            if worker.in_flight == 0 && ready.contains(&replacement) {
+                if let Some(handle) = &worker.handle {
+                    handle.shutdown();
+                }
+                retirement.stage = Stage::Stopping { next: now + SHUTDOWN_STEP, signals_sent: 0 };
+            }
+        }
+    }
+
+    fn recycle_on_request(&mut self, worker_id: u32) -> Result<(), RecycleError> {
+        let pool = &self.config.name;
+        if self.shutdown.is_some() {
+            return Err(RecycleError::Refused(format!("pool `{pool}` is shutting down")));
+        }
+        let Some(worker) = self.workers.iter().find(|w| w.id == worker_id) else {
+            let ids: Vec<String> = self.workers.iter().map(|w| w.id.to_string()).collect();
+            let message = format!("pool `{pool}` has no worker {worker_id}; its workers are: {}", ids.join(", "));
+            return Err(RecycleError::NotFound(message));
+        };
+        if let Some(retirement) = worker.retirement {
+            let message = format!("worker {worker_id} of pool `{pool}` is already being retired ({})", retirement.reason);
+            return Err(RecycleError::Refused(message));
+        }
+        if worker.handle.is_none() {
+            return Err(RecycleError::Refused(format!("worker {worker_id} of pool `{pool}` is still starting")));
+        }
+        self.retire(worker_id, Reason::Manual);
+        Ok(())
+    }
+
+    /// The periodic round: memory samples and age checks, liveness pings,
+    /// and the stop steps of recycled workers.
+    fn housekeeping(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let ping_round = now >= self.next_ping;
+        if ping_round {
+            self.next_ping = now + self.config.lifecycle.ping_interval;
+        }
+        let max_missed = u64::from(self.config.lifecycle.max_missed_pings);
+        let mut due = Vec::new();
+        let mut unresponsive = Vec::new();
+        for worker in &mut self.workers {
+            let Some(handle) = &worker.handle else { continue };
+            worker.rss_bytes = handle.rss_bytes().unwrap_or(0);
+            match &mut worker.retirement {
+                None => {
+                    if let Some(reason) = worker.limits.passed(now.duration_since(worker.spawned_at), worker.rss_bytes) {
+                        due.push((worker.id, reason));
+                    }
+                }
+                Some(Retirement { stage: Stage::Stopping { next, signals_sent }, .. }) if now >= *next => {
+                    handle.signal(if *signals_sent == 0 { Signal::SIGTERM } else { Signal::SIGKILL });
+                    *signals_sent += 1;
+                    *next = now + SHUTDOWN_STEP;
+                }
+                Some(_) => {}
+            }
+            if ping_round && worker.alive_and_ready() {
+                let missed = worker.pings_sent - handle.last_pong().min(worker.pings_sent);
+                if missed >= max_missed {
+                    unresponsive.push(worker.id);
+                } else {
+                    worker.pings_sent += 1;
+                    handle.ping(worker.pings_sent);
+                }
+            }
+        }
+        for id in unresponsive {
+            tracing::warn!(pool = %self.config.name, worker = id, missed = max_missed, "the worker stopped answering pings");
+            self.kill(id, Reason::Unresponsive);
+        }
+        for (id, reason) in due {
+            self.retire(id, reason);
+        }
+    }
+
+    /// Starts a new worker; returns its id.
+    fn start_worker(&mut self) -> u32 {
         let id = self.next_worker_id;
         self.next_worker_id += 1;
-        self.workers.push(Worker { id, handle: None, in_flight: 0, served: 0, spawned_at: Instant::now(), retiring: false });
+        self.workers.push(Worker {
+            id,
+            handle: None,
+            in_flight: 0,
+            dispatched: 0,
+            served: 0,
+            spawned_at: Instant::now(),
+            limits: WorkerLimits::jittered(&self.config.lifecycle),
+            rss_bytes: 0,
+            pings_sent: 0,
+            retirement: None,
+        });
         let spec = self.spec(id);
         let services = self.services.clone();
         let exits = self.exits.clone();
@@ -352,12 +614,10 @@ impl Dispatcher {
             let outcome = worker::start(&spec, &services.spawner, &services.records, exits).await;
             notify(&events, Event::Started { id, outcome });
         });
+        id
     }
 
     fn spec(&self, id: u32) -> WorkerSpec {
-        let mut env: BTreeMap<String, String> = THREAD_LIMIT_VARS.iter().map(|v| (v.to_string(), "1".to_owned())).collect();
-        env.insert("PYTHONUNBUFFERED".into(), "1".into());
-        env.extend(self.config.env.clone());
         WorkerSpec {
             pool: self.config.name.clone(),
             id,
@@ -365,42 +625,55 @@ impl Dispatcher {
             adapter: self.config.adapter.clone(),
             python_path: self.config.python_path.clone(),
             working_dir: self.config.working_dir.clone(),
-            env,
+            env: worker_env(self.profile, &self.config.env),
             args: self.config.args.clone(),
             socket_path: self.services.socket_dir.join(format!("p{}w{id}.sock", self.index)),
             startup_timeout: self.config.startup_timeout,
+            threads: self.threads(),
+            thread_safety_checks: self.config.thread_safety_checks && self.profile == Profile::Thread,
         }
     }
 
     fn started(&mut self, id: u32, outcome: Result<WorkerHandle, StartError>) {
+        let Some(position) = self.workers.iter().position(|w| w.id == id) else {
+            // Started for a table that moved on (a fallback restarted the pool).
+            if let Ok(handle) = outcome {
+                handle.kill();
+            }
+            return;
+        };
+        self.startup_batch_reported(id);
         match outcome {
             Ok(handle) => {
                 tracing::info!(pool = %self.config.name, worker = id, pid = handle.pid,
-                    python = %handle.hello.python_version, "worker ready");
+                    python = %handle.hello.python_version, gil = handle.hello.gil_enabled, "worker ready");
                 self.tools.get_or_insert_with(|| handle.hello.tools.clone());
-                let stopping = self.shutdown.is_some();
-                if stopping {
+                self.note_facts(&handle);
+                if self.shutdown.is_some() {
                     handle.shutdown();
+                    self.workers[position].retirement =
+                        Some(Retirement { reason: Reason::Manual, stage: Stage::Stopping { next: far_future(), signals_sent: 2 } });
                 }
-                match self.workers.iter_mut().find(|w| w.id == id) {
-                    Some(worker) => {
-                        worker.handle = Some(handle);
-                        worker.retiring = stopping;
-                    }
-                    None => handle.kill(),
+                self.workers[position].handle = Some(handle);
+                if let Some(report) = self.starting.take() {
+                    let _ = report.send(Ok(()));
                 }
-                if let Some((remaining, _)) = &mut self.starting {
-                    *remaining -= 1;
-                    if *remaining == 0 {
-                        let (_, report) = self.starting.take().expect("checked above");
-                        let _ = report.send(Ok(()));
-                    }
-                }
+                self.advance_recycles();
                 self.pump();
             }
             Err(err) => {
-                self.workers.retain(|w| w.id != id);
-                if let Some((_, report)) = self.starting.take() {
+                self.workers.remove(position);
+                for worker in &mut self.workers {
+                    if let Some(Retirement { stage: stage @ Stage::Draining { .. }, .. }) = &mut worker.retirement {
+                        if *stage == (Stage::Draining { replacement: Some(id) }) {
+                            *stage = Stage::Draining { replacement: None };
+                        }
+                    }
+                }
+                if self.starting.is_some() && self.try_fallback(&err) {
+                    return;
+                }
+                if let Some(report) = self.starting.take() {
                     let _ = report.send(Err(err));
                     return;
                 }
@@ -410,21 +683,94 @@ impl Dispatcher {
         }
     }
 
+    /// A thread pool whose first workers cannot start restarts as a process
+    /// pool when `fallback_profile = "process"`; returns whether it did.
+    fn try_fallback(&mut self, err: &StartError) -> bool {
+        if self.profile != Profile::Thread || self.config.fallback_profile != Some(Profile::Process) {
+            return false;
+        }
+        let reason = err.to_string();
+        tracing::warn!(pool = %self.config.name,
+            "thread workers cannot start; starting process workers instead (fallback_profile = \"process\"): {reason}");
+        self.profile = Profile::Process;
+        self.fallback = Some(reason);
+        for worker in self.workers.drain(..) {
+            if let Some(handle) = worker.handle {
+                handle.kill();
+            }
+        }
+        self.unstarted = self.config.size;
+        self.start_batch();
+        true
+    }
+
+    /// Keeps what the newest worker said about itself and warns, once per
+    /// pool, about a thread pool that will not run its calls in parallel
+    /// or whose adapter made no thread-safety promise.
+    fn note_facts(&mut self, handle: &WorkerHandle) {
+        let hello = &handle.hello;
+        if self.profile == Profile::Thread {
+            if hello.gil_enabled && !self.warned_gil {
+                self.warned_gil = true;
+                let build = if hello.free_threaded_build { "a free-threaded build with the GIL turned back on by an import" } else { "not a free-threaded build" };
+                tracing::warn!(pool = %self.config.name, python = %hello.python_version,
+                    "thread pool runs with the GIL enabled ({build}): its calls overlap only while they wait on I/O \
+                     or run native code that releases the GIL; use a free-threaded Python (3.13t) for CPU-bound Python code");
+            }
+            if !self.warned_thread_safety {
+                self.warned_thread_safety = true;
+                if hello.thread_safe.is_none() {
+                    tracing::warn!(pool = %self.config.name, adapter = %hello.adapter,
+                        "the adapter does not declare `thread_safe`; a thread pool runs its tools on several threads at once: \
+                         declare `thread_safe = True` once it is safe (or use profile = \"process\")");
+                }
+                if !hello.unsafe_modules.is_empty() {
+                    tracing::warn!(pool = %self.config.name, modules = ?hello.unsafe_modules,
+                        "the workers loaded modules known to be unsafe to share across threads");
+                }
+            }
+        }
+        self.facts = Some(PoolFacts {
+            python_version: hello.python_version.clone(),
+            implementation: hello.implementation.clone(),
+            free_threaded_build: hello.free_threaded_build,
+            gil_enabled: hello.gil_enabled,
+            thread_safe: hello.thread_safe,
+            unsafe_modules: hello.unsafe_modules.clone(),
+            threads_per_worker: hello.threads,
+        });
+    }
+
     fn exited(&mut self, exit: WorkerExit) {
         let Some(position) = self.workers.iter().position(|w| w.id == exit.id) else { return };
         let worker = self.workers.remove(position);
         if self.shutdown.is_some() {
             return;
         }
-        if worker.retiring {
-            tracing::info!(pool = %self.config.name, worker = exit.id, "worker {}; starting its replacement", exit.status);
-            self.restarts += 1;
-            self.start_worker();
-        } else {
-            self.crashes += 1;
-            tracing::warn!(pool = %self.config.name, worker = exit.id, "worker {} unexpectedly", exit.status);
-            self.crashed();
+        let pool = &self.config.name;
+        match worker.retirement {
+            Some(Retirement { reason, stage: Stage::Stopping { .. } }) => {
+                tracing::info!(pool = %pool, worker = exit.id, %reason, "recycled worker {}", exit.status);
+            }
+            Some(Retirement { reason, stage: Stage::Killed }) => {
+                tracing::info!(pool = %pool, worker = exit.id, %reason, "worker {}; starting its replacement", exit.status);
+                self.restarts += 1;
+                self.start_worker();
+            }
+            Some(Retirement { stage: Stage::Draining { .. }, .. }) => {
+                // Its replacement is already starting.
+                self.crashes += 1;
+                self.recycles.add(Reason::Crashed);
+                tracing::warn!(pool = %pool, worker = exit.id, "draining worker {} unexpectedly", exit.status);
+            }
+            None | Some(Retirement { stage: Stage::Waiting, .. }) => {
+                self.crashes += 1;
+                self.recycles.add(Reason::Crashed);
+                tracing::warn!(pool = %pool, worker = exit.id, "worker {} unexpectedly", exit.status);
+                self.crashed();
+            }
         }
+        self.advance_recycles();
     }
 
     /// Schedules a replacement for a crashed or unstartable worker: at once
@@ -468,7 +814,6 @@ impl Dispatcher {
                 let idle = self.workers.iter().all(|w| w.in_flight == 0);
                 if idle || deadline_passed {
                     for worker in &mut self.workers {
-                        worker.retiring = true;
                         if let Some(handle) = &worker.handle {
                             handle.shutdown();
                         }
@@ -480,7 +825,7 @@ impl Dispatcher {
                 let signal = if *escalated { Signal::SIGKILL } else { Signal::SIGTERM };
                 for worker in &self.workers {
                     if let Some(handle) = &worker.handle {
-                        let _ = killpg(Pid::from_raw(handle.pid as i32), signal);
+                        handle.signal(signal);
                     }
                 }
                 *escalated = true;
@@ -505,31 +850,40 @@ impl Dispatcher {
     }
 
     fn status(&self) -> PoolStatus {
-        let ready = self.workers.iter().filter(|w| w.handle.is_some() && !w.retiring).count() as u32;
+        let now = Instant::now();
+        let count = |name: &str| self.workers.iter().filter(|w| w.state_name() == name).count() as u32;
         PoolStatus {
             name: self.config.name.clone(),
-            profile: self.config.profile.to_string(),
+            profile: self.profile.to_string(),
+            threads_per_worker: self.threads(),
+            fallback: self.fallback.clone(),
             size: self.config.size,
-            ready,
-            starting: self.workers.iter().filter(|w| w.handle.is_none()).count() as u32,
+            ready: self.workers.iter().filter(|w| w.alive_and_ready()).count() as u32,
+            starting: count("starting"),
+            draining: count("draining"),
             in_flight: self.workers.iter().map(|w| w.in_flight).sum(),
             queued: self.queue.len() as u32,
             served: self.served,
             failed: self.failed,
             crashes: self.crashes,
             restarts: self.restarts,
+            recycles: self.recycles.clone(),
             degraded: self.consecutive_crashes >= DEGRADED_AFTER || self.replacements_due > 0 && self.consecutive_crashes > 1,
             router: self.router.policy().label().to_owned(),
             router_stats: self.router.stats().snapshot(),
+            facts: self.facts.clone(),
             workers: self
                 .workers
                 .iter()
                 .map(|w| WorkerStatus {
                     id: w.id,
                     pid: w.handle.as_ref().map_or(0, |h| h.pid),
-                    ready: w.handle.is_some() && !w.retiring,
+                    state: w.state_name(),
+                    ready: w.alive_and_ready(),
                     in_flight: w.in_flight,
                     served: w.served,
+                    rss_bytes: w.rss_bytes,
+                    age: now.duration_since(w.spawned_at),
                 })
                 .collect(),
         }

@@ -2,11 +2,13 @@
 //! in-flight count and the warm router instance, asks the router where each
 //! request goes, and keeps the pool at its size.
 //!
-//! Owns: queueing, routing decisions, timeouts, restarts with backoff and
+//! Owns: queueing, routing decisions, timeouts, the workers' lifecycle
+//! (startup batches, liveness, recycling, restarts with backoff) and
 //! shutdown of a pool. Must not touch: processes or sockets directly (the
 //! `worker` module does), the config file, or other pools.
 
 mod dispatcher;
+mod lifecycle;
 
 use std::fmt;
 use std::time::Duration;
@@ -17,6 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::PoolConfig;
 use crate::policy::{RouterInstance, RouterStatsSnapshot};
 use crate::worker::{ContentType, Spawner, StartError, WorkerError, WorkerRecords};
+pub use lifecycle::{usable_cpus, Reason, RecycleCounts};
+
 
 /// One call to a tool.
 #[derive(Clone, Debug)]
@@ -151,10 +155,20 @@ impl std::error::Error for CallError {}
 #[derive(Clone, Debug)]
 pub struct PoolStatus {
     pub name: String,
+    /// The profile its workers run: the configured one, or `process` after
+    /// a fallback.
     pub profile: String,
+    /// Calls each worker serves at once.
+    pub threads_per_worker: u32,
+    /// Why a thread pool fell back to process workers.
+    pub fallback: Option<String>,
     pub size: u32,
+    /// Workers that said hello and are not being stopped (draining ones
+    /// count: they finish their calls).
     pub ready: u32,
     pub starting: u32,
+    /// Workers being recycled: no new calls, finishing their own.
+    pub draining: u32,
     pub in_flight: u32,
     pub queued: u32,
     /// Calls answered (successfully or not) since the pool started.
@@ -162,24 +176,59 @@ pub struct PoolStatus {
     pub failed: u64,
     /// Workers that exited without being asked to.
     pub crashes: u64,
-    /// Workers replaced after a crash, a timeout or a failed start.
+    /// Workers started to replace others (recycles, crashes, timeouts,
+    /// failed starts).
     pub restarts: u64,
+    /// Recycles and restarts by reason.
+    pub recycles: RecycleCounts,
     /// Crashing repeatedly: replacements are being delayed.
     pub degraded: bool,
     /// `builtin:NAME` or the component path.
     pub router: String,
     pub router_stats: RouterStatsSnapshot,
-    /// Each live worker: id, pid (0 while starting), in flight, served.
+    /// What the newest worker said about its interpreter; `None` until one
+    /// is ready.
+    pub facts: Option<PoolFacts>,
     pub workers: Vec<WorkerStatus>,
+}
+
+/// A pool's interpreter as its workers see it after importing the adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolFacts {
+    pub python_version: String,
+    pub implementation: String,
+    pub free_threaded_build: bool,
+    pub gil_enabled: bool,
+    /// The adapter's `thread_safe` declaration, `None` when it made none.
+    pub thread_safe: Option<bool>,
+    pub unsafe_modules: Vec<String>,
+    pub threads_per_worker: u32,
 }
 
 #[derive(Clone, Debug)]
 pub struct WorkerStatus {
     pub id: u32,
+    /// 0 while starting.
     pub pid: u32,
+    /// `starting`, `ready`, `draining` or `stopping`.
+    pub state: &'static str,
     pub ready: bool,
     pub in_flight: u32,
     pub served: u64,
+    /// At the last sample (about once a second).
+    pub rss_bytes: u64,
+    pub age: Duration,
+}
+
+/// Why a worker was not recycled on request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecycleError {
+    /// No such pool or worker.
+    #[error("{0}")]
+    NotFound(String),
+    /// The worker is starting or already retiring, or the pool is stopping.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Shared services a pool needs from its host.
@@ -198,9 +247,10 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts the pool's dispatcher and its workers; returns once every
-    /// worker said hello, or with the first worker's start failure (the
-    /// pool is then stopped again).
+    /// Starts the pool's dispatcher and its workers (in startup batches);
+    /// returns as soon as the first worker said hello, or with the start
+    /// failure of a worker when none is ready (the pool is then stopped
+    /// again). The rest keep starting; [`Pool::status`] counts them.
     pub async fn start(
         config: PoolConfig,
         index: usize,
@@ -232,6 +282,16 @@ impl Pool {
         answer
             .await
             .unwrap_or_else(|_| Err(CallError::new(ErrorKind::ShuttingDown, format!("pool `{}` has stopped", self.name))))
+    }
+
+    /// Recycles one worker the way the lifecycle limits do: it takes no new
+    /// calls, its replacement starts, and it stops once that one is ready
+    /// and its own calls are done.
+    pub async fn recycle(&self, worker: u32) -> Result<(), RecycleError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || RecycleError::Refused(format!("pool `{}` has stopped", self.name));
+        self.events.send(dispatcher::Event::Recycle { worker, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     pub async fn status(&self) -> Option<PoolStatus> {

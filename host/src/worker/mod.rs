@@ -1,8 +1,13 @@
 //! Python worker processes: spawning them, the framed protocol to them,
 //! and each worker's driver task (calls out, answers back, exit noticed).
 //!
-//! Owns: one process and one socket per worker, the requests that worker
-//! holds, and its exit status. Must not touch: queues, routing or other
+//! Each worker opens two connections to its socket (docs/protocol.md): the
+//! control connection (hello, ping/pong, shutdown) read by the worker's
+//! protocol thread, and the call connection read directly by the threads
+//! that run tools, so a call never waits for a thread handoff.
+//!
+//! Owns: one process and its two connections per worker, the requests that
+//! worker holds, its liveness answers, and its exit status. Must not touch: queues, routing or other
 //! workers; a pool decides which worker gets what, and learns of exits
 //! through the channel it hands in.
 
@@ -13,6 +18,7 @@ mod spawn;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +26,8 @@ use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
@@ -52,6 +59,10 @@ pub struct WorkerSpec {
     pub args: Vec<String>,
     pub socket_path: PathBuf,
     pub startup_timeout: Duration,
+    /// Calls the worker runs at once (`--threads`).
+    pub threads: u32,
+    /// Ask the worker to watch for unsafe concurrent use of its tools.
+    pub thread_safety_checks: bool,
 }
 
 /// How one call ended, from the worker's side.
@@ -94,7 +105,12 @@ pub struct WorkerHandle {
     pub pid: u32,
     pub hello: Hello,
     pending: SharedPending,
-    outgoing: mpsc::UnboundedSender<Bytes>,
+    /// Frames for the call connection.
+    calls: mpsc::UnboundedSender<Bytes>,
+    /// Frames for the control connection.
+    control: mpsc::UnboundedSender<Bytes>,
+    /// The id of the last PONG the worker sent.
+    last_pong: Arc<AtomicU64>,
     /// Closing it (dropping the handle) or sending on it kills the worker.
     kill: mpsc::UnboundedSender<()>,
 }
@@ -124,7 +140,30 @@ impl WorkerHandle {
         drop(pending);
         // If the writer has stopped, the process is going: the driver fails
         // the call once it has its exit status.
-        let _ = self.outgoing.send(frame);
+        let _ = self.calls.send(frame);
+    }
+
+    /// Sends PING `sequence`; [`Self::last_pong`] shows when it was answered.
+    pub fn ping(&self, sequence: u64) {
+        let _ = self.control.send(Frame::Ping { id: sequence }.encode().expect("a ping frame encodes"));
+    }
+
+    /// The sequence number of the last PING the worker answered (0 before any).
+    pub fn last_pong(&self) -> u64 {
+        self.last_pong.load(Ordering::Acquire)
+    }
+
+    /// The worker process's resident memory now, from /proc; `None` once it
+    /// is gone.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
+        let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(resident_pages * page_size())
+    }
+
+    /// Sends `signal` to the worker's whole process group.
+    pub fn signal(&self, signal: Signal) {
+        let _ = killpg(Pid::from_raw(self.pid as i32), signal);
     }
 
     /// Kills the worker's process group now.
@@ -134,8 +173,22 @@ impl WorkerHandle {
 
     /// Asks the worker to finish its calls and exit.
     pub fn shutdown(&self) {
-        let _ = self.outgoing.send(Frame::Shutdown.encode().expect("the shutdown frame encodes"));
+        let _ = self.control.send(Frame::Shutdown.encode().expect("the shutdown frame encodes"));
     }
+}
+
+fn page_size() -> u64 {
+    static PAGE_SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE_SIZE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |size| size as u64)
+    })
+}
+
+/// The two connections of a worker that said hello.
+struct Connections {
+    control_reader: BufReader<OwnedReadHalf>,
+    control_writer: OwnedWriteHalf,
+    call: UnixStream,
 }
 
 /// Why a worker did not start.
@@ -211,11 +264,24 @@ pub async fn start(
     }
 
     let handshake = async {
-        let (stream, _) = listener.accept().await.map_err(|err| format!("accepting its connection failed: {err}"))?;
-        let (read_half, write_half) = stream.into_split();
-        let mut reader = BufReader::new(read_half);
-        match read_frame(&mut reader).await {
-            Ok(Some(Frame::Hello(hello))) => Ok((hello, reader, write_half)),
+        let accept_failed = |err| format!("accepting its connection failed: {err}");
+        let (control, _) = listener.accept().await.map_err(accept_failed)?;
+        let (control_read, control_writer) = control.into_split();
+        let mut control_reader = BufReader::new(control_read);
+        // A worker of protocol 1 opens one connection and says hello on it.
+        let call = tokio::select! {
+            accepted = listener.accept() => accepted.map_err(accept_failed)?.0,
+            early = read_frame(&mut control_reader) => return Err(match early {
+                Ok(Some(Frame::Hello(hello))) => format!(
+                    "it speaks protocol version {} (one connection), this host speaks {PROTOCOL_VERSION}: \
+                     install the matching pitboss_worker", hello.protocol),
+                Ok(Some(other)) => format!("it sent {other:?} before opening its call connection"),
+                Ok(None) => "it closed its control connection before opening its call connection".to_owned(),
+                Err(err) => format!("its first frame was unreadable: {err}"),
+            }),
+        };
+        match read_frame(&mut control_reader).await {
+            Ok(Some(Frame::Hello(hello))) => Ok((hello, Connections { control_reader, control_writer, call })),
             Ok(Some(other)) => Err(format!("its first frame was {other:?}, not hello")),
             Ok(None) => Err("it closed the connection before saying hello".to_owned()),
             Err(err) => Err(format!("its hello was unreadable: {err}")),
@@ -235,18 +301,18 @@ pub async fn start(
     let _ = std::fs::remove_file(&spec.socket_path);
 
     let failure = match outcome {
-        Ok((hello, _, _)) if hello.protocol != PROTOCOL_VERSION => format!(
+        Ok((hello, _)) if hello.protocol != PROTOCOL_VERSION => format!(
             "it speaks protocol version {}, this host speaks {PROTOCOL_VERSION}: install the matching pitboss_worker",
             hello.protocol
         ),
-        Ok((hello, reader, writer)) => {
+        Ok((hello, connections)) => {
             let pending = SharedPending::default();
-            let (outgoing, to_write) = mpsc::unbounded_channel();
+            let last_pong = Arc::new(AtomicU64::new(0));
             let (kill, kill_requests) = mpsc::unbounded_channel();
             let driver = Driver { id: spec.id, pool: spec.pool.clone(), pid, records: records.clone(), exits };
-            let reader_done = driver.spawn_io(reader, writer, to_write, pending.clone());
-            tokio::spawn(driver.run(child, reader_done, kill_requests, pending.clone()));
-            return Ok(WorkerHandle { id: spec.id, pid, hello, pending, outgoing, kill });
+            let (calls, control, closed) = driver.spawn_io(connections, pending.clone(), last_pong.clone());
+            tokio::spawn(driver.run(child, closed, kill_requests, pending.clone()));
+            return Ok(WorkerHandle { id: spec.id, pid, hello, pending, calls, control, last_pong, kill });
         }
         Err((reason, true)) => reason,
         // A worker that gave up on its own says more by its exit status.
@@ -270,7 +336,12 @@ fn command(spec: &WorkerSpec) -> Command {
     let mut command = Command::new(&spec.python.path);
     command
         .args(["-m", "pitboss_worker", "--adapter", &spec.adapter, "--socket"])
-        .arg(&spec.socket_path);
+        .arg(&spec.socket_path)
+        .arg("--threads")
+        .arg(spec.threads.to_string());
+    if spec.thread_safety_checks {
+        command.arg("--thread-safety-checks");
+    }
     for path in &spec.python_path {
         command.arg("--path").arg(path);
     }
@@ -330,33 +401,32 @@ struct Driver {
 }
 
 impl Driver {
-    /// Starts the socket's reader and writer tasks (each owns its half, so
-    /// no frame is ever cut short by a cancelled select). The reader answers
-    /// calls itself; the returned channel fires when the socket closes.
+    /// Starts a reader and a writer task per connection (each owns its
+    /// half, so no frame is ever cut short by a cancelled select). The call
+    /// reader answers calls itself; the control reader records pongs.
+    /// Returns the senders for each connection and a channel that fires
+    /// when either connection closes.
     fn spawn_io(
         &self,
-        mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
-        mut writer: tokio::net::unix::OwnedWriteHalf,
-        mut to_write: mpsc::UnboundedReceiver<Bytes>,
+        connections: Connections,
         pending: SharedPending,
-    ) -> oneshot::Receiver<Option<std::io::Error>> {
-        tokio::spawn(async move {
-            while let Some(frame) = to_write.recv().await {
-                if writer.write_all(&frame).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let (done, reader_done) = oneshot::channel();
+        last_pong: Arc<AtomicU64>,
+    ) -> (mpsc::UnboundedSender<Bytes>, mpsc::UnboundedSender<Bytes>, mpsc::Receiver<Option<std::io::Error>>) {
+        let Connections { mut control_reader, control_writer, call } = connections;
+        let (call_read, call_writer) = call.into_split();
+        let mut call_reader = BufReader::new(call_read);
+        let (closed_tx, closed) = mpsc::channel(2);
         let (pool, id) = (self.pool.clone(), self.id);
+
+        let closed_by_calls = closed_tx.clone();
+        let call_pool = pool.clone();
         tokio::spawn(async move {
             let ended = loop {
-                let (call, outcome) = match read_frame(&mut reader).await {
+                let (call, outcome) = match read_frame(&mut call_reader).await {
                     Ok(Some(Frame::Result { id, content_type, payload })) => (id, CallOutcome::Done { content_type, payload }),
                     Ok(Some(Frame::Error { id, error })) => (id, CallOutcome::Failed(error)),
-                    Ok(Some(Frame::Pong { .. })) => continue,
                     Ok(Some(other)) => {
-                        tracing::warn!(pool = %pool, worker = id, "ignoring an unexpected frame from the worker: {other:?}");
+                        tracing::warn!(pool = %call_pool, worker = id, "ignoring an unexpected frame on the call connection: {other:?}");
                         continue;
                     }
                     Ok(None) => break None,
@@ -368,9 +438,27 @@ impl Driver {
                     let _ = reply.send(outcome);
                 }
             };
-            let _ = done.send(ended);
+            let _ = closed_by_calls.send(ended).await;
         });
-        reader_done
+        tokio::spawn(async move {
+            let ended = loop {
+                match read_frame(&mut control_reader).await {
+                    Ok(Some(Frame::Pong { id })) => last_pong.fetch_max(id, Ordering::AcqRel),
+                    Ok(Some(Frame::Error { error, .. })) => {
+                        tracing::warn!(pool = %pool, worker = id, "the worker refused a control frame: {}", error.message);
+                        continue;
+                    }
+                    Ok(Some(other)) => {
+                        tracing::warn!(pool = %pool, worker = id, "ignoring an unexpected frame on the control connection: {other:?}");
+                        continue;
+                    }
+                    Ok(None) => break None,
+                    Err(err) => break Some(err),
+                };
+            };
+            let _ = closed_tx.send(ended).await;
+        });
+        (spawn_writer(call_writer), spawn_writer(control_writer), closed)
     }
 
     /// Waits for the process to end (killing it when asked, or when its
@@ -378,14 +466,14 @@ impl Driver {
     async fn run(
         self,
         mut child: Child,
-        mut reader_done: oneshot::Receiver<Option<std::io::Error>>,
+        mut closed: mpsc::Receiver<Option<std::io::Error>>,
         mut kill_requests: mpsc::UnboundedReceiver<()>,
         pending: SharedPending,
     ) {
         let status = loop {
             tokio::select! {
-                ended = &mut reader_done => {
-                    if let Ok(Some(err)) = ended {
+                ended = closed.recv() => {
+                    if let Some(Some(err)) = ended {
                         tracing::warn!(pool = %self.pool, worker = self.id, error = %err, "protocol error; stopping the worker");
                         kill_group(self.pid);
                     }
@@ -424,4 +512,18 @@ impl Driver {
         self.records.remove(self.pid);
         let _ = self.exits.send(WorkerExit { id: self.id, status });
     }
+}
+
+/// The task that writes one connection's frames, in order, until the
+/// connection breaks or every sender is gone.
+fn spawn_writer(mut writer: OwnedWriteHalf) -> mpsc::UnboundedSender<Bytes> {
+    let (frames, mut to_write) = mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        while let Some(frame) = to_write.recv().await {
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    frames
 }

@@ -1,4 +1,4 @@
-//! The framed host ↔ worker protocol, version 1 (docs/protocol.md): a
+//! The framed host ↔ worker protocol, version 2 (docs/protocol.md): a
 //! big-endian `u32` length, a `u8` kind, a `u64` request id, then the body.
 
 use std::io;
@@ -7,7 +7,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame either side accepts (the length field's value).
 pub const MAX_FRAME_LEN: usize = 64 << 20;
 /// Bytes after the length field that every frame has: kind and request id.
@@ -64,6 +64,13 @@ pub struct Hello {
     pub adapter: String,
     pub threads: u32,
     pub package_version: String,
+    /// The adapter's `thread_safe` declaration; `None` when it made none.
+    #[serde(default)]
+    pub thread_safe: Option<bool>,
+    /// Loaded modules known to be unsafe to share across threads (only
+    /// looked for with thread-safety checks on).
+    #[serde(default)]
+    pub unsafe_modules: Vec<String>,
 }
 
 /// A failure the worker reports for one call.
