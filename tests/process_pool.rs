@@ -10,7 +10,7 @@ use pitboss::pool::{CallError, CallOutput, CallRequest, ErrorKind};
 use pitboss::Host;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
-use support::{alive, config, eventually};
+use support::{alive, config, eventually, json_call};
 
 fn call(tool: &str, args: Value) -> CallRequest {
     CallRequest::json(tool, serde_json::to_vec(&args).unwrap())
@@ -18,14 +18,10 @@ fn call(tool: &str, args: Value) -> CallRequest {
 
 async fn start(settings: &str) -> (tempfile::TempDir, Host) {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(config(dir.path(), settings)).await.expect("host starts");
+    let host = support::start_ready(config(dir.path(), settings)).await;
     (dir, host)
 }
 
-async fn json_result(host: &Host, tool: &str, args: Value) -> Value {
-    let output = host.execute("pool", call(tool, args)).await.unwrap_or_else(|err| panic!("{tool}: {err}"));
-    serde_json::from_slice(&output.payload).unwrap()
-}
 
 /// Starts a call in the background, for tests that need calls in flight.
 fn spawn_call(host: &Arc<Host>, tool: &str, args: Value) -> JoinHandle<Result<CallOutput, CallError>> {
@@ -49,10 +45,10 @@ async fn worker_pids(host: &Host) -> Vec<u32> {
 async fn echo_round_trip_keeps_types() {
     let (_dir, host) = start("size = 1").await;
     let args = json!({"n": 7, "x": 1.5, "s": "héllo", "none": null, "list": [1, 2], "nested": {"k": true}});
-    assert_eq!(json_result(&host, "echo", args.clone()).await, args);
+    assert_eq!(json_call(&host, "echo", args.clone()).await, args);
     let sum = host.execute("pool", call("add", json!({"a": 2, "b": 3}))).await.unwrap();
     assert_eq!(&sum.payload[..], b"5", "ints stay ints");
-    assert_eq!(json_result(&host, "noop", json!({})).await, Value::Null);
+    assert_eq!(json_call(&host, "noop", json!({})).await, Value::Null);
     host.shutdown().await;
 }
 
@@ -81,7 +77,7 @@ async fn python_exceptions_come_back_structured() {
     assert_eq!(err.message, "bad input");
     let traceback = err.traceback.expect("a traceback");
     assert!(traceback.contains("Traceback") && traceback.contains("ValueError: bad input"), "{traceback}");
-    assert_eq!(json_result(&host, "add", json!({"a": 1, "b": 1})).await, json!(2), "the pool keeps serving");
+    assert_eq!(json_call(&host, "add", json!({"a": 1, "b": 1})).await, json!(2), "the pool keeps serving");
     host.shutdown().await;
 }
 
@@ -107,7 +103,7 @@ async fn bad_requests_get_clear_errors_and_the_pool_keeps_serving() {
     let err = host.execute("pool", call("add", json!({"a": 1, "b": 2, "c": 3}))).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::BadArguments, "{err}");
 
-    assert_eq!(json_result(&host, "add", json!({"a": 40, "b": 2})).await, json!(42));
+    assert_eq!(json_call(&host, "add", json!({"a": 40, "b": 2})).await, json!(42));
     let status = &host.status().await[0];
     assert_eq!((status.ready, status.crashes, status.in_flight), (1, 0, 0));
     host.shutdown().await;
@@ -140,7 +136,7 @@ async fn a_worker_killed_mid_call_fails_that_call_and_is_replaced() {
     );
     assert!(!worker_pids(&host).await.contains(&victim));
     for i in 0..4 {
-        assert_eq!(json_result(&host, "echo", json!({"i": i})).await, json!({"i": i}));
+        assert_eq!(json_call(&host, "echo", json!({"i": i})).await, json!({"i": i}));
     }
     let status = &host.status().await[0];
     assert_eq!(status.crashes, 1);
@@ -161,7 +157,7 @@ async fn a_call_past_its_timeout_fails_and_its_worker_is_replaced() {
         "the overrunning worker is stopped"
     );
     let started = Instant::now();
-    assert_eq!(json_result(&host, "add", json!({"a": 1, "b": 2})).await, json!(3));
+    assert_eq!(json_call(&host, "add", json!({"a": 1, "b": 2})).await, json!(3));
     assert!(started.elapsed() < Duration::from_secs(5), "the next call succeeds promptly");
     let status = &host.status().await[0];
     assert_ne!(worker_pids(&host).await, before);

@@ -29,16 +29,34 @@ pub fn config(dir: &Path, pool_settings: &str) -> Config {
     config_for(dir, "adapter:Example", pool_settings)
 }
 
+/// The free-threaded CPython 3.13t virtualenv's interpreter (made by
+/// `scripts/python-env`).
+pub fn free_threaded_python() -> PathBuf {
+    let python = root().join(".venv-ft/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: `scripts/python-env` makes it from ../shared/tools/free-threaded-python \
+         (the README's test command runs both)",
+        python.display()
+    );
+    python
+}
+
 /// A config file in `dir` with one pool named `pool` running `adapter`,
-/// importable from examples/ or from `dir` itself.
+/// importable from examples/, tests/adapters/ or `dir` itself.
 pub fn config_for(dir: &Path, adapter: &str, pool_settings: &str) -> Config {
+    config_with_python(dir, &python(), adapter, pool_settings)
+}
+
+/// [`config_for`] with another interpreter.
+pub fn config_with_python(dir: &Path, python: &Path, adapter: &str, pool_settings: &str) -> Config {
     let text = format!(
         "[host]\npython = {python:?}\nrun_dir = {run:?}\npolicy_cache = {cache:?}\n\n\
-         [[pool]]\nname = \"pool\"\nadapter = {adapter:?}\npython_path = [{examples:?}, {dir:?}]\n{pool_settings}\n",
-        python = python(),
+         [[pool]]\nname = \"pool\"\nadapter = {adapter:?}\npython_path = [{examples:?}, {adapters:?}, {dir:?}]\n{pool_settings}\n",
         run = dir.join("run"),
         cache = root().join("target/test-policy-cache"),
         examples = root().join("examples"),
+        adapters = root().join("tests/adapters"),
     );
     let path = dir.join("pitboss.toml");
     std::fs::write(&path, &text).unwrap();
@@ -65,4 +83,23 @@ pub fn alive(pid: u32) -> bool {
         Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
+}
+
+/// Starts a host and waits until every pool has all its workers ready
+/// (`Host::start` returns once each pool can serve).
+pub async fn start_ready(config: Config) -> pitboss::Host {
+    let host = pitboss::Host::start(config).await.expect("host starts");
+    let all_ready = eventually(Duration::from_secs(60), async || {
+        host.status().await.iter().all(|pool| pool.ready == pool.size && pool.starting == 0)
+    })
+    .await;
+    assert!(all_ready, "workers did not all start: {:#?}", host.status().await);
+    host
+}
+
+/// Calls `tool` on the pool `pool` with JSON `args`; panics on failure.
+pub async fn json_call(host: &pitboss::Host, tool: &str, args: serde_json::Value) -> serde_json::Value {
+    let request = pitboss::pool::CallRequest::json(tool, serde_json::to_vec(&args).unwrap());
+    let output = host.execute("pool", request).await.unwrap_or_else(|err| panic!("{tool}: {err}"));
+    serde_json::from_slice(&output.payload).unwrap()
 }

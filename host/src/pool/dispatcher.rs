@@ -663,13 +663,7 @@ impl Dispatcher {
             }
             Err(err) => {
                 self.workers.remove(position);
-                for worker in &mut self.workers {
-                    if let Some(Retirement { stage: stage @ Stage::Draining { .. }, .. }) = &mut worker.retirement {
-                        if *stage == (Stage::Draining { replacement: Some(id) }) {
-                            *stage = Stage::Draining { replacement: None };
-                        }
-                    }
-                }
+                self.forget_replacement(id);
                 if self.starting.is_some() && self.try_fallback(&err) {
                     return;
                 }
@@ -741,9 +735,22 @@ impl Dispatcher {
         });
     }
 
+    /// A replacement that is gone leaves the worker it was to replace
+    /// waiting for the next attempt ([`Event::Replace`]).
+    fn forget_replacement(&mut self, gone: u32) {
+        for worker in &mut self.workers {
+            if let Some(Retirement { stage: stage @ Stage::Draining { .. }, .. }) = &mut worker.retirement {
+                if *stage == (Stage::Draining { replacement: Some(gone) }) {
+                    *stage = Stage::Draining { replacement: None };
+                }
+            }
+        }
+    }
+
     fn exited(&mut self, exit: WorkerExit) {
         let Some(position) = self.workers.iter().position(|w| w.id == exit.id) else { return };
         let worker = self.workers.remove(position);
+        self.forget_replacement(exit.id);
         if self.shutdown.is_some() {
             return;
         }
