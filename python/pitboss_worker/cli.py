@@ -59,12 +59,18 @@ def main(argv=None):
     if unknown:
         log("warning: ignoring unknown arguments: %s" % " ".join(unknown))
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(args.socket)
-    except OSError as exc:
-        log("error: cannot connect to the host socket %r: %s" % (args.socket, exc))
-        return EXIT_CONNECT
+    # Both connections before the import: the host then sees a failed
+    # import as the end of stream at once. It accepts them in this order.
+    connections = []
+    for name in ("control", "call"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(args.socket)
+        except OSError as exc:
+            log("error: cannot connect to the host socket %r (%s connection): %s" % (args.socket, name, exc))
+            return EXIT_CONNECT
+        connections.append(sock)
+    control_sock, call_sock = connections
 
     try:
         loaded = load_adapter(args.adapter, args.path)
@@ -80,11 +86,12 @@ def main(argv=None):
     dispatcher = Dispatcher(loaded.tools)
     warm_up()
     facts = worker_facts(args.adapter, dispatcher.tool_names, args.threads)
-    status = Worker(sock, dispatcher, facts, threads=args.threads).serve()
-    try:
-        sock.close()
-    except OSError:
-        pass
+    status = Worker(control_sock, call_sock, dispatcher, facts, threads=args.threads).serve()
+    for sock in connections:
+        try:
+            sock.close()
+        except OSError:
+            pass
     return status
 
 

@@ -1,4 +1,4 @@
-"""Wire format of the pitboss host <-> worker protocol, version 1.
+"""Wire format of the pitboss host <-> worker protocol, version 2.
 
 docs/protocol.md is the specification; docs/protocol_vectors.json holds golden
 frames that this module and the Rust host are both tested against.
@@ -17,7 +17,7 @@ import json
 import struct
 from collections import namedtuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Largest value of the length field (bytes after the length field itself).
 MAX_FRAME_LENGTH = 64 * 1024 * 1024
@@ -34,8 +34,8 @@ HELLO = 0x01
 CALL = 0x02
 RESULT = 0x03
 ERROR = 0x04
-STREAM_CHUNK = 0x05  # reserved, not sent in version 1
-STREAM_END = 0x06  # reserved, not sent in version 1
+STREAM_CHUNK = 0x05  # reserved for streaming results, not sent yet
+STREAM_END = 0x06  # reserved for streaming results, not sent yet
 CANCEL = 0x07
 PING = 0x08
 PONG = 0x09
@@ -125,9 +125,15 @@ def decode_frame(data):
 # --- bodies -----------------------------------------------------------------
 
 
+# One encoder for every call: json.dumps with options builds a new encoder
+# each time, a few microseconds on every RESULT. An encoder keeps no state
+# between calls, so threads share it safely.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_json_text(obj):
     """JSON text as the protocol writes it: compact separators, UTF-8, no ASCII escaping."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _JSON_ENCODER.encode(obj)
 
 
 def encode_call_body(tool, content_type, payload=b""):

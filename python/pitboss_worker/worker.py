@@ -1,22 +1,35 @@
-"""The worker runtime: one connection to the host, a protocol thread, an
-executor, signal handling and the parent-death watch.
+"""The worker runtime: two connections to the host, the executors, signal
+handling and the parent-death watch.
+
+Connections (docs/protocol.md, "Transport"):
+
+* control: HELLO and PONG out; PING, SHUTDOWN and CANCEL in.
+* call: CALL in; RESULT and ERROR out. The executors read it themselves, so
+  a call goes from the socket to the tool on one thread, with no handoff.
 
 Threads:
 
-* main thread: sends HELLO, then is executor 0 (runs calls from the queue);
-  with --threads N, N-1 more executor threads run beside it.
-* "pitboss-protocol": reads frames. Answers PING at once, queues CALLs,
-  starts the shutdown on SHUTDOWN, exits the process when the host is gone.
-* "pitboss-control": turns SIGTERM (delivered to the main thread, which may
+* main thread: sends HELLO, then is executor 0; with --threads N, N-1 more
+  executor threads run beside it. An executor takes the read lock, reads one
+  frame from the call connection, releases the lock, runs the call and
+  writes its answer (leader/follower: the executors take turns reading).
+* "pitboss-protocol": reads the control connection. Answers PING at once
+  (also mid-call), starts the shutdown on SHUTDOWN, takes the host-gone path
+  at the end of stream.
+* "pitboss-call-watch": notices the host closing the call connection while
+  every executor is busy in a call, so nobody is reading it.
+* "pitboss-signals": turns SIGTERM (delivered to the main thread, which may
   be deep inside a tool) into the shutdown, outside the signal handler.
 * "pitboss-parent-watch": exits the process when the parent changes.
 
-Every write to the socket holds one lock, so frames never interleave.
+Each connection has its own write lock, so frames never interleave.
 """
 
 import os
 import queue
+import select
 import signal
+import socket
 import sys
 import sysconfig
 import threading
@@ -54,7 +67,9 @@ EXIT_PARENT_GONE = 6
 
 PARENT_CHECK_INTERVAL = 0.5
 
-_STOP = object()
+# POLLRDHUP (Linux) reports that the peer closed or shut down its sending
+# side; elsewhere POLLHUP reports at least a full close.
+_PEER_CLOSED = getattr(select, "POLLRDHUP", select.POLLHUP)
 
 
 def log(message):
@@ -121,42 +136,63 @@ def watch_parent(interval=PARENT_CHECK_INTERVAL, initial_ppid=None):
     return thread
 
 
-class Worker:
-    """Serves one connected socket until SHUTDOWN, SIGTERM or end of stream."""
+class Connection:
+    """One socket to the host and the lock that keeps its frames whole."""
 
-    def __init__(self, sock, dispatcher, facts, threads=1):
+    __slots__ = ("sock", "name", "write_lock")
+
+    def __init__(self, sock, name):
+        self.sock = sock
+        self.name = name
+        self.write_lock = threading.Lock()
+
+
+class Worker:
+    """Serves its two connections until SHUTDOWN, SIGTERM or end of stream."""
+
+    def __init__(self, control_sock, call_sock, dispatcher, facts, threads=1):
         if threads < 1:
             raise ValueError("threads must be at least 1")
-        self._sock = sock
+        self._control = Connection(control_sock, "control")
+        self._call = Connection(call_sock, "call")
         self._dispatcher = dispatcher
         self._facts = facts
         self._threads = threads
-        self._write_lock = threading.Lock()
+        # The buffered reader is shared by the executors: whoever holds the
+        # read lock reads exactly one frame with it.
+        self._call_reader = FrameReader(call_sock)
+        self._read_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._calls = queue.SimpleQueue()  # (request_id, tool, content_type, payload) or _STOP
-        self._control = queue.SimpleQueue()  # signal numbers, put by the signal handler
+        self._signals = queue.SimpleQueue()  # signal numbers, put by the signal handler
         self._closing = False  # no new calls start
+        self._shutdown_reason = None
         self._host_gone = False  # nothing more can be sent
         self._in_flight = 0
 
     # --- sending -----------------------------------------------------------
 
-    def _send(self, kind, request_id, body=b""):
+    def _send(self, conn, kind, request_id, body=b""):
         frame = encode_frame(kind, request_id, body)
-        with self._write_lock:
+        with conn.write_lock:
             if self._host_gone:
-                return False
+                return
             try:
-                self._sock.sendall(frame)
+                conn.sock.sendall(frame)
             except OSError:
-                # The reader sees the end of stream too and takes the exit path.
+                # The readers see the end of stream too and take the host-gone path.
                 self._host_gone = True
-                return False
-        return True
 
-    def _send_error(self, request_id, kind, message, type_name=None, traceback_text=None):
-        _, body = error(kind, type_name, message, traceback_text)
-        self._send(ERROR, request_id, body)
+    def _send_error(self, conn, request_id, kind, message):
+        _, body = error(kind, None, message)
+        self._send(conn, ERROR, request_id, body)
+
+    def _unexpected_frame(self, conn, kind, request_id, hint):
+        self._send_error(
+            conn,
+            request_id,
+            "protocol",
+            "unexpected frame kind 0x%02x (%s) on the %s connection: %s" % (kind, kind_name(kind), conn.name, hint),
+        )
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -166,9 +202,10 @@ class Worker:
         Call it on the main thread: SIGTERM is handled only there (elsewhere
         the SHUTDOWN frame still works)."""
         self._install_signal_handlers()
-        self._send(HELLO, 0, encode_json_text(self._facts).encode("utf-8"))
-        threading.Thread(target=self._guard(self._control_loop), name="pitboss-control", daemon=True).start()
-        threading.Thread(target=self._guard(self._reader_loop), name="pitboss-protocol", daemon=True).start()
+        self._send(self._control, HELLO, 0, encode_json_text(self._facts).encode("utf-8"))
+        threading.Thread(target=self._guard(self._signal_loop), name="pitboss-signals", daemon=True).start()
+        threading.Thread(target=self._guard(self._control_loop), name="pitboss-protocol", daemon=True).start()
+        threading.Thread(target=self._guard(self._watch_call_connection), name="pitboss-call-watch", daemon=True).start()
         executors = []
         for i in range(1, self._threads):
             t = threading.Thread(target=self._guard(self._executor_loop), name="pitboss-executor-%d" % i, daemon=True)
@@ -184,46 +221,62 @@ class Worker:
         # two bytecodes of whatever tool is running there, maybe inside a
         # `with lock:` of ours. SimpleQueue.put is reentrant, so it is safe.
         def on_signal(signum, frame):
-            self._control.put(signum)
+            self._signals.put(signum)
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_signal)
 
-    def _control_loop(self):
+    def _signal_loop(self):
         while True:
-            signum = self._control.get()
+            signum = self._signals.get()
             self.begin_shutdown("signal %d" % signum)
 
     def begin_shutdown(self, reason):
-        """Stop taking calls: refuse the queued ones with shutting_down, let
-        the one in flight finish, then let the executors return."""
+        """Stop starting calls: the calls in flight finish; the calls already
+        received but not started are refused with shutting_down; then the
+        executors return."""
         with self._state_lock:
             if self._closing:
                 return
             self._closing = True
-        refused = []
-        while True:
-            try:
-                item = self._calls.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                refused.append(item)
-        for item in refused:
-            self._send_error(item[0], "shutting_down", "the worker is shutting down (%s); the call did not start" % reason)
-        for _ in range(self._threads):
-            self._calls.put(_STOP)
+            self._shutdown_reason = reason
+        self._stop_reading_calls()
+        # Refuse what the host had sent before the shutdown now, rather than
+        # when an executor is next free: the host can give those calls to
+        # another worker at once. Reading never blocks any more (see above).
+        with self._read_lock:
+            while True:
+                frame = self._read_call_frame()
+                if frame is None:
+                    break
+                self._accept_call(frame)
+
+    def _stop_reading_calls(self):
+        """Shut the call connection for reading: an executor blocked in recv
+        wakes up, what is already buffered can still be read without
+        blocking, then the stream ends. The host's later CALL writes fail
+        (EPIPE); answers still go out on the same connection."""
+        try:
+            self._call.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # the host closed it first: the stream has ended anyway
 
     def _on_host_gone(self):
         with self._state_lock:
             self._host_gone = True
-            self._closing = True
+            if not self._closing:
+                self._closing = True
+                self._shutdown_reason = "the host closed its connection"
             busy = self._in_flight > 0
         if busy:
             # Nobody can receive the answer of the call in flight.
             hard_exit(EXIT_OK)
-        for _ in range(self._threads):
-            self._calls.put(_STOP)
+        self._stop_reading_calls()
+
+    def _fatal_protocol_error(self, exc):
+        # The stream is out of step: the next frame cannot be found.
+        log("protocol error: %s; exiting" % exc)
+        hard_exit(EXIT_PROTOCOL)
 
     def _guard(self, loop):
         """A thread of ours that dies unexpectedly takes the process with it
@@ -238,79 +291,110 @@ class Worker:
 
         return run
 
-    # --- reading -----------------------------------------------------------
+    # --- the control connection ---------------------------------------------
 
-    def _reader_loop(self):
-        reader = FrameReader(self._sock)
+    def _control_loop(self):
+        conn = self._control
+        reader = FrameReader(conn.sock)
         while True:
             try:
                 frame = reader.read_frame()
-            except FrameTooLarge as exc:
-                log("protocol error: %s; exiting" % exc)
-                hard_exit(EXIT_PROTOCOL)
             except ProtocolError as exc:
-                log("protocol error: %s; exiting" % exc)
-                hard_exit(EXIT_PROTOCOL)
+                self._fatal_protocol_error(exc)
             except OSError:
                 frame = None
             if frame is None:
                 self._on_host_gone()
                 return
-            self._handle(frame)
+            kind, request_id, _ = frame
+            if kind == PING:
+                self._send(conn, PONG, request_id)
+            elif kind == SHUTDOWN:
+                self.begin_shutdown("SHUTDOWN frame")
+            elif kind == CANCEL:
+                pass  # a Python thread cannot be stopped safely; the host kills an overrunning worker instead
+            elif kind == CALL:
+                self._unexpected_frame(conn, kind, request_id, "CALL frames go on the call connection")
+            else:
+                self._unexpected_frame(conn, kind, request_id, "it carries PING, SHUTDOWN and CANCEL")
 
-    def _handle(self, frame):
+    # --- the call connection ------------------------------------------------
+
+    def _watch_call_connection(self):
+        # POLLRDHUP reports the peer's close without reading, so buffered
+        # CALLs stay for the executors. It also fires after our own SHUT_RD,
+        # which the closing flag tells apart.
+        poller = select.poll()
+        poller.register(self._call.sock, _PEER_CLOSED)
+        poller.poll()
+        if not self._closing:
+            self._on_host_gone()
+
+    def _read_call_frame(self):
+        """The next frame of the call connection, or None when it has ended.
+        Hold the read lock."""
+        try:
+            return self._call_reader.read_frame()
+        except ProtocolError as exc:
+            if self._closing:
+                # The read side was shut while the host was writing this
+                # frame: the call was never received.
+                return None
+            self._fatal_protocol_error(exc)
+        except OSError:
+            return None
+
+    def _accept_call(self, frame):
+        """(request_id, tool, content_type, payload) of a call to run now,
+        counted in flight; None when the frame has been answered already (a
+        protocol error, or shutting_down)."""
         kind, request_id, body = frame
-        if kind == PING:
-            self._send(PONG, request_id)
-        elif kind == CALL:
-            try:
-                tool, content_type, payload = decode_call_body(body)
-            except ProtocolError as exc:
-                self._send_error(request_id, "protocol", str(exc))
-                return
-            with self._state_lock:
-                closing = self._closing
-                if not closing:
-                    self._calls.put((request_id, tool, content_type, payload))
-            if closing:
-                self._send_error(request_id, "shutting_down", "the worker is shutting down; the call did not start")
-        elif kind == CANCEL:
-            pass  # version 1: a process worker cannot stop a running call; the host kills it instead
-        elif kind == SHUTDOWN:
-            self.begin_shutdown("SHUTDOWN frame")
-        else:
+        conn = self._call
+        if kind != CALL:
+            self._unexpected_frame(conn, kind, request_id, "it carries only CALL frames")
+            return None
+        try:
+            tool, content_type, payload = decode_call_body(body)
+        except ProtocolError as exc:
+            self._send_error(conn, request_id, "protocol", str(exc))
+            return None
+        with self._state_lock:
+            refuse = self._closing
+            if not refuse:
+                self._in_flight += 1
+        if refuse:
             self._send_error(
+                conn,
                 request_id,
-                "protocol",
-                "unexpected frame kind 0x%02x (%s) from the host" % (kind, kind_name(kind)),
+                "shutting_down",
+                "the worker is shutting down (%s); the call did not start" % self._shutdown_reason,
             )
-
-    # --- executing ---------------------------------------------------------
+            return None
+        return request_id, tool, content_type, payload
 
     def _executor_loop(self):
-        calls = self._calls
+        conn = self._call
         invoke = self._dispatcher.invoke
         while True:
-            item = calls.get()
-            if item is _STOP:
+            with self._read_lock:
+                frame = self._read_call_frame()
+            if frame is None:
+                if not self._closing:
+                    self._on_host_gone()
                 return
-            request_id, tool, content_type, payload = item
-            with self._state_lock:
-                refuse = self._closing
-                if not refuse:
-                    self._in_flight += 1
-            if refuse:
-                self._send_error(request_id, "shutting_down", "the worker is shutting down; the call did not start")
+            call = self._accept_call(frame)
+            if call is None:
                 continue
+            request_id, tool, content_type, payload = call
             try:
                 try:
                     kind, body = invoke(tool, content_type, payload)
                 except BaseException as exc:  # SystemExit, KeyboardInterrupt from the tool
                     _, body = exception_error(exc, skip_frames=0)
-                    self._send(ERROR, request_id, body)
+                    self._send(conn, ERROR, request_id, body)
                     log("tool %r raised %s; exiting" % (tool, qualified_name(type(exc))))
                     hard_exit(EXIT_INTERNAL)
-                self._send(kind, request_id, body)
+                self._send(conn, kind, request_id, body)
             finally:
                 with self._state_lock:
                     self._in_flight -= 1

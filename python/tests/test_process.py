@@ -26,7 +26,7 @@ SAMPLE_TOOLS = sorted(
 
 def test_hello_facts(host):
     hello = host.start_ready()
-    assert hello["protocol"] == 1
+    assert hello["protocol"] == 2
     assert hello["pid"] == host.proc.pid
     assert hello["python_version"] == "%d.%d.%d" % sys.version_info[:3]
     assert hello["implementation"] == sys.implementation.name
@@ -60,7 +60,7 @@ def test_calls(host):
     assert "in fail_custom" in err["traceback"]
     assert host.roundtrip(9, "type_error_inside", {"x": 1}).error["kind"] == "exception"
     assert host.roundtrip(10, "add", raw=b"{bad").error["kind"] == "bad_arguments"
-    host.send_frame(P.CALL, 11, P.encode_call_body("add", P.CONTENT_JSON, b"{bad"))
+    host.send_call_frame(P.CALL, 11, P.encode_call_body("add", P.CONTENT_JSON, b"{bad"))
     assert host.answer().error["kind"] == "bad_payload"
     assert host.roundtrip(12, "nothing", content_type=5).error["kind"] == "bad_payload"
     assert host.roundtrip(13, "unencodable").error["kind"] == "bad_result"
@@ -108,13 +108,12 @@ def test_ping_answered_while_a_cpu_bound_tool_runs(host):
     host.call(1, "spin", {"seconds": 1.5})
     time.sleep(0.2)  # the tool is running on the main thread by now
     sent = time.monotonic()
-    host.send_frame(P.PING, 77)
-    frame = host.read()
+    host.ping(77)
     latency = time.monotonic() - sent
-    assert (frame.kind, frame.request_id, frame.body) == (P.PONG, 77, b"")
     assert latency < 0.5, "PONG took %.3f s" % latency
     ans = host.answer()
-    assert ans.request_id == 1 and ans.value > 0, "the RESULT comes after the PONG"
+    assert ans.request_id == 1 and ans.value > 0
+    assert time.monotonic() - sent > 1.0, "the RESULT came after the PONG"
 
 
 def _start_long_call(host, request_id=1, seconds=1.0):
@@ -126,17 +125,14 @@ def _start_long_call(host, request_id=1, seconds=1.0):
 def test_sigterm_mid_call_finishes_the_call_and_exits_0(host):
     host.start_ready()
     _start_long_call(host, 1, 1.0)
-    host.call(2, "add", {"a": 1, "b": 2})  # queued behind call 1
-    host.send_frame(P.PING, 3)
-    assert host.read().kind == P.PONG  # call 2 is queued by now
+    host.call(2, "add", {"a": 1, "b": 2})  # received (in the worker's socket buffer), not started
     host.proc.send_signal(signal.SIGTERM)
     ans = host.answer()
-    assert (ans.request_id, ans.error["kind"]) == (2, "shutting_down")
-    host.call(4, "add", {"a": 1, "b": 2})  # arrives after SIGTERM: refused
-    ans = host.answer()
-    assert (ans.request_id, ans.error["kind"]) == (4, "shutting_down")
-    host.send_frame(P.PING, 5)  # still answered while the call finishes
-    assert host.read().kind == P.PONG
+    assert (ans.request_id, ans.error["kind"]) == (2, "shutting_down"), "refused at once, before call 1 ends"
+    assert "signal 15" in ans.error["message"]
+    with pytest.raises(BrokenPipeError):
+        host.call(4, "add", {"a": 1, "b": 2})  # the worker no longer reads its call connection
+    host.ping(5)  # still answered while the call finishes
     ans = host.answer()
     assert (ans.request_id, ans.value) == (1, 1.0)
     host.read_eof()
@@ -155,29 +151,41 @@ def test_shutdown_frame(host):
     host.start_ready()
     _start_long_call(host, 1, 0.8)
     host.call(2, "nothing")
-    host.send_frame(P.SHUTDOWN, 0)
-    ans = host.answer()
-    assert (ans.request_id, ans.error["kind"]) == (2, "shutting_down")
-    host.send_frame(P.PING, 9)
-    assert host.read().kind == P.PONG
+    host.call(3, "nothing")
+    host.send_control(P.SHUTDOWN, 0)
+    refused = [host.answer(), host.answer()]
+    assert [(a.request_id, a.error["kind"]) for a in refused] == [(2, "shutting_down"), (3, "shutting_down")]
+    assert "SHUTDOWN frame" in refused[0].error["message"]
+    host.send_control(P.SHUTDOWN, 0)  # a second one changes nothing
+    host.ping(9)
     ans = host.answer()
     assert (ans.request_id, ans.value) == (1, 0.8)
     host.read_eof()
     assert host.wait_exit() == 0
 
 
-def test_host_closing_the_socket_ends_an_idle_worker(host):
+def test_shutdown_when_idle_wakes_the_reading_executors(host):
+    host.start_ready(extra=["--threads", "3"])
+    assert host.roundtrip(1, "add", {"a": 1, "b": 2}).value == 3
+    started = time.monotonic()
+    host.send_control(P.SHUTDOWN, 0)
+    host.read_eof()
+    assert host.wait_exit() == 0
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("which", ["control", "calls"])
+def test_host_closing_a_connection_ends_an_idle_worker(host, which):
     host.start_ready()
-    host.conn.close()
-    host.conn = None
+    host.close_connection(which)
     assert host.wait_exit(5) == 0
 
 
-def test_host_closing_the_socket_ends_a_busy_worker(host):
+@pytest.mark.parametrize("which", ["control", "calls"])
+def test_host_closing_a_connection_ends_a_busy_worker(host, which):
     host.start_ready()
     _start_long_call(host, 1, 30)
-    host.conn.close()
-    host.conn = None
+    host.close_connection(which)
     assert host.wait_exit(5) == 0
 
 
@@ -193,7 +201,7 @@ def test_host_closing_the_socket_ends_a_busy_worker(host):
 )
 def test_adapter_failure_exits_3(host, adapter, expected):
     host.start(adapter)
-    host.accept()  # it connects first, then loads the adapter
+    host.accept()  # it opens both connections first, then loads the adapter
     host.read_eof()  # no HELLO
     assert host.wait_exit() == 3
     stderr = host.stderr()
@@ -229,27 +237,49 @@ def test_usage_error_exits_2(host, args, complaint):
     assert complaint in host.stderr()
 
 
-def test_unknown_frame_kinds_and_cancel(host):
-    host.start_ready()
-    host.send_frame(0x42, 9, b"whatever")
-    ans = host.answer()
-    assert (ans.request_id, ans.error["kind"]) == (9, "protocol")
-    assert "0x42" in ans.error["message"]
-    host.send_frame(P.RESULT, 10, b"\x00{}")  # a worker-to-host kind
-    assert host.answer().error["kind"] == "protocol"
-    host.send_frame(P.CALL, 11, b"\x00")  # malformed CALL body
-    ans = host.answer()
-    assert (ans.request_id, ans.error["kind"]) == (11, "protocol")
-    host.send_frame(P.CANCEL, 12)  # ignored: nothing comes back for it
-    host.send_frame(P.PING, 13)
+def _control_error(host):
     frame = host.read()
-    assert (frame.kind, frame.request_id) == (P.PONG, 13)
+    assert frame.kind == P.ERROR, "expected ERROR on the control connection, got %s" % P.kind_name(frame.kind)
+    return Answer(frame)
+
+
+def test_unexpected_frames_on_the_control_connection(host):
+    host.start_ready()
+    host.send_control(0x42, 9, b"whatever")
+    ans = _control_error(host)
+    assert (ans.request_id, ans.error["kind"]) == (9, "protocol")
+    assert "0x42" in ans.error["message"] and "control connection" in ans.error["message"]
+    host.send_control(P.RESULT, 10, b"\x00{}")  # a worker-to-host kind
+    assert _control_error(host).error["kind"] == "protocol"
+    host.send_control(P.CALL, 11, P.encode_call_body("add", P.CONTENT_JSON, b'{"a":1,"b":2}'))
+    ans = _control_error(host)
+    assert (ans.request_id, ans.error["kind"]) == (11, "protocol")
+    assert "call connection" in ans.error["message"], "the message says where CALLs go"
+    host.send_control(P.CANCEL, 12)  # ignored: nothing comes back for it
+    host.ping(13)
     assert host.roundtrip(14, "add", {"a": 1, "b": 2}).value == 3
 
 
-def test_oversized_frame_exits_4(host):
+def test_unexpected_frames_on_the_call_connection(host):
     host.start_ready()
-    host.send((P.MAX_FRAME_LENGTH + 1).to_bytes(4, "big") + bytes([P.CALL]))
+    host.send_call_frame(0x42, 9, b"whatever")
+    ans = host.answer()
+    assert (ans.request_id, ans.error["kind"]) == (9, "protocol")
+    assert "0x42" in ans.error["message"] and "call connection" in ans.error["message"]
+    for kind in (P.PING, P.SHUTDOWN, P.CANCEL):  # control frames do not count here
+        host.send_call_frame(kind, 10)
+        ans = host.answer()
+        assert (ans.request_id, ans.error["kind"]) == (10, "protocol")
+    host.send_call_frame(P.CALL, 11, b"\x00")  # malformed CALL body
+    ans = host.answer()
+    assert (ans.request_id, ans.error["kind"]) == (11, "protocol")
+    assert host.roundtrip(12, "add", {"a": 1, "b": 2}).value == 3
+
+
+@pytest.mark.parametrize("which", ["control", "calls"])
+def test_oversized_frame_exits_4(host, which):
+    host.start_ready()
+    getattr(host, which).sendall((P.MAX_FRAME_LENGTH + 1).to_bytes(4, "big") + bytes([P.CALL]))
     assert host.wait_exit() == 4
     assert "exceeds the limit" in host.stderr()
 
@@ -273,17 +303,15 @@ def test_threads_serve_calls_concurrently(host):
 
 
 def test_threads_ping_answered_while_every_thread_runs_a_call(host):
-    """--threads N keeps one more thread than calls: one reads even while N
-    CPU-bound calls run."""
+    """The protocol thread answers on the control connection even while all N
+    executors run CPU-bound calls."""
     host.start_ready(extra=["--threads", "2"])
     host.call(1, "spin", {"seconds": 1.0})
     host.call(2, "spin", {"seconds": 1.0})
     time.sleep(0.2)
     sent = time.monotonic()
-    host.send_frame(P.PING, 77)
-    frame = host.read()
+    host.ping(77)
     latency = time.monotonic() - sent
-    assert (frame.kind, frame.request_id) == (P.PONG, 77)
     assert latency < 0.5, "PONG took %.3f s" % latency
     assert {host.answer().request_id, host.answer().request_id} == {1, 2}
 
@@ -312,14 +340,11 @@ def test_threads_shutdown_refuses_queued_and_finishes_running(host):
     host.call(1, "sleep_marked", {"path": m1, "seconds": 0.8})
     host.call(2, "sleep_marked", {"path": m2, "seconds": 0.8})
     assert wait_until(lambda: os.path.exists(m1) and os.path.exists(m2)), "calls 1 and 2 never started"
-    host.call(3, "add", {"a": 1, "b": 2})  # queued: two calls run
-    host.send_frame(P.PING, 4)
-    assert host.read().kind == P.PONG  # call 3 is queued by now
-    host.send_frame(P.SHUTDOWN, 0)
+    host.call(3, "add", {"a": 1, "b": 2})  # received, not started: two calls run
+    host.send_control(P.SHUTDOWN, 0)
     ans = host.answer()
     assert (ans.request_id, ans.error["kind"]) == (3, "shutting_down")
-    host.send_frame(P.PING, 5)
-    assert host.read().kind == P.PONG
+    host.ping(5)
     answers = {}
     for _ in range(2):
         ans = host.answer()
@@ -334,17 +359,22 @@ def test_pipelined_calls_and_pings(host):
     host.start_ready()
     for i in range(1, 41):
         host.call(i, "add", {"a": i, "b": 1})
-        host.send_frame(P.PING, 1000 + i)
-    results, pongs = [], set()
-    while len(results) < 40 or len(pongs) < 40:
-        frame = host.read()
-        if frame.kind == P.PONG:
-            pongs.add(frame.request_id)
-        else:
-            ans = Answer(frame)
-            results.append((ans.request_id, ans.value))
+        host.send_control(P.PING, 1000 + i)
+    results = [(a.request_id, a.value) for a in (host.answer() for _ in range(40))]
+    pongs = [host.read() for _ in range(40)]
     assert results == [(i, i + 1) for i in range(1, 41)]
-    assert pongs == set(range(1001, 1041))
+    assert [(f.kind, f.request_id) for f in pongs] == [(P.PONG, 1000 + i) for i in range(1, 41)]
+
+
+def test_threads_pipelined_calls_all_answered_once(host):
+    """N executors take turns reading the call connection: every call is
+    read by exactly one of them and answered exactly once."""
+    host.start_ready(extra=["--threads", "4"])
+    for i in range(1, 201):
+        host.call(i, "add", {"a": i, "b": 1})
+    answers = [host.answer() for _ in range(200)]
+    assert sorted((a.request_id, a.value) for a in answers) == [(i, i + 1) for i in range(1, 201)]
+    host.ping(1)
 
 
 def test_calls_import_nothing_new(host):
@@ -359,13 +389,16 @@ def test_calls_import_nothing_new(host):
     host.roundtrip(6, "type_error_inside", {"x": 1})
     host.roundtrip(7, "add", {"a": 1})
     host.roundtrip(8, "add", raw=b"\xff")
-    host.send_frame(P.CALL, 9, P.encode_call_body("add", P.CONTENT_JSON, b"{bad"))
+    host.send_call_frame(P.CALL, 9, P.encode_call_body("add", P.CONTENT_JSON, b"{bad"))
     host.answer()
     host.roundtrip(10, "unencodable")
     host.roundtrip(11, "nope")
     host.roundtrip(12, "nothing", content_type=9)
-    host.send_frame(0x42, 13)
+    host.send_call_frame(0x42, 13)
     host.answer()
+    host.send_control(0x42, 13)
+    host.read()
+
     after = host.roundtrip(14, "modules").value
     assert sorted(set(after) - set(before)) == []
 

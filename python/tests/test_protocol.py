@@ -19,7 +19,7 @@ BY_NAME = {v["name"]: v for v in VECTORS}
 
 
 def test_vectors_file_shape():
-    assert VECTORS_DOC["protocol"] == P.PROTOCOL_VERSION == 1
+    assert VECTORS_DOC["protocol"] == P.PROTOCOL_VERSION == 2
     assert len(BY_NAME) == len(VECTORS), "vector names are unique"
     for v in VECTORS:
         assert v["hex"] == v["hex"].lower()

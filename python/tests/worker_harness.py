@@ -86,7 +86,11 @@ class Answer:
 
 
 class Host:
-    """Listens on a Unix socket in `directory`, starts workers against it."""
+    """Listens on a Unix socket in `directory`, starts workers against it.
+
+    A worker opens two connections (docs/protocol.md, "Transport"):
+    `control` (HELLO, PING/PONG, SHUTDOWN, CANCEL) and `calls` (CALL out,
+    RESULT/ERROR back)."""
 
     def __init__(self, directory):
         self.dir = directory
@@ -96,8 +100,8 @@ class Host:
         self.listener.bind(self.socket_path)
         self.listener.listen(4)
         self.proc = None
-        self.conn = None
-        self.reader = None
+        self.control = self.calls = None
+        self.control_reader = self.calls_reader = None
         self._stderr_file = None
 
     # --- process -------------------------------------------------------------
@@ -114,26 +118,32 @@ class Host:
         )
         return self.proc
 
-    def accept(self, timeout=TIMEOUT, proc=None):
-        """Wait for the worker to connect; fails fast if it exits first."""
-        proc = proc or self.proc
-        self.listener.settimeout(0.05)
-        deadline = time.monotonic() + timeout
+    def _accept_one(self, which, deadline, proc):
         while True:
             try:
                 conn, _ = self.listener.accept()
-                break
+                return conn
             except socket.timeout:
                 if proc is not None and proc.poll() is not None:
                     raise AssertionError(
-                        "worker exited with %s before connecting; stderr:\n%s" % (proc.returncode, self.stderr())
+                        "worker exited with %s before opening its %s connection; stderr:\n%s"
+                        % (proc.returncode, which, self.stderr())
                     )
                 if time.monotonic() > deadline:
-                    raise AssertionError("worker did not connect within %.0f s" % timeout)
-        conn.settimeout(timeout)
-        self.conn = conn
-        self.reader = P.FrameReader(conn)
-        return conn
+                    raise AssertionError("worker did not open its %s connection in time" % which)
+
+    def accept(self, timeout=TIMEOUT, proc=None):
+        """Wait for the worker's control connection, then its call
+        connection; fails fast if it exits first."""
+        proc = proc or self.proc
+        self.listener.settimeout(0.05)
+        deadline = time.monotonic() + timeout
+        self.control = self._accept_one("control", deadline, proc)
+        self.calls = self._accept_one("call", deadline, proc)
+        for conn in (self.control, self.calls):
+            conn.settimeout(timeout)
+        self.control_reader = P.FrameReader(self.control)
+        self.calls_reader = P.FrameReader(self.calls)
 
     def start_ready(self, adapter="sample_tools:Sample", extra=()):
         """Start a worker, accept it, read its HELLO; returns the HELLO body."""
@@ -157,9 +167,15 @@ class Host:
         with open(self.stderr_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
+    def close_connection(self, which):
+        """Close the host's end of `control` or `calls`, as a host that went away does."""
+        getattr(self, which).close()
+        setattr(self, which, None)
+
     def close(self):
-        if self.conn is not None:
-            self.conn.close()
+        for conn in (self.control, self.calls):
+            if conn is not None:
+                conn.close()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(TIMEOUT)
@@ -169,11 +185,13 @@ class Host:
 
     # --- frames --------------------------------------------------------------
 
-    def send(self, data):
-        self.conn.sendall(data)
+    def send_control(self, kind, request_id=0, body=b""):
+        """A frame on the control connection."""
+        self.control.sendall(P.encode_frame(kind, request_id, body))
 
-    def send_frame(self, kind, request_id=0, body=b""):
-        self.send(P.encode_frame(kind, request_id, body))
+    def send_call_frame(self, kind, request_id, body=b""):
+        """A frame on the call connection (a CALL, or something that does not belong there)."""
+        self.calls.sendall(P.encode_frame(kind, request_id, body))
 
     def call(self, request_id, tool, args=None, raw=None, content_type=None):
         """Send a CALL: JSON of `args` (b'' when None), or `raw` bytes."""
@@ -183,23 +201,38 @@ class Host:
             payload, ct = (b"" if args is None else json.dumps(args).encode("utf-8")), P.CONTENT_JSON
         if content_type is not None:
             ct = content_type
-        self.send_frame(P.CALL, request_id, P.encode_call_body(tool, ct, payload))
+        self.send_call_frame(P.CALL, request_id, P.encode_call_body(tool, ct, payload))
 
-    def read(self, timeout=TIMEOUT):
-        """The next frame; AssertionError on timeout or end of stream."""
-        self.conn.settimeout(timeout)
-        frame = self.reader.read_frame()
-        assert frame is not None, "worker closed the connection; stderr:\n%s" % self.stderr()
+    def _read(self, conn, reader, which, timeout):
+        conn.settimeout(timeout)
+        frame = reader.read_frame()
+        assert frame is not None, "worker closed its %s connection; stderr:\n%s" % (which, self.stderr())
         return frame
 
+    def read(self, timeout=TIMEOUT):
+        """The next frame on the control connection; AssertionError on timeout or end of stream."""
+        return self._read(self.control, self.control_reader, "control", timeout)
+
+    def ping(self, request_id, timeout=TIMEOUT):
+        """Send PING and wait for its PONG."""
+        self.send_control(P.PING, request_id)
+        frame = self.read(timeout)
+        assert (frame.kind, frame.request_id, frame.body) == (P.PONG, request_id, b""), frame
+
     def read_eof(self, timeout=TIMEOUT):
-        """Assert that the next thing on the connection is the end of stream."""
-        self.conn.settimeout(timeout)
-        frame = self.reader.read_frame()
-        assert frame is None, "expected end of stream, got %s" % P.kind_name(frame.kind)
+        """Assert that both connections are at the end of stream, nothing left unread."""
+        for conn, reader, which in (
+            (self.control, self.control_reader, "control"),
+            (self.calls, self.calls_reader, "call"),
+        ):
+            conn.settimeout(timeout)
+            frame = reader.read_frame()
+            assert frame is None, "expected end of stream on the %s connection, got %s" % (
+                which, P.kind_name(frame.kind))
 
     def answer(self, timeout=TIMEOUT):
-        return Answer(self.read(timeout))
+        """The next RESULT or ERROR on the call connection."""
+        return Answer(self._read(self.calls, self.calls_reader, "call", timeout))
 
     def roundtrip(self, request_id, tool, args=None, raw=None, content_type=None):
         self.call(request_id, tool, args, raw, content_type)
