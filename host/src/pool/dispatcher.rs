@@ -57,6 +57,10 @@ struct Worker {
     rss_bytes: u64,
     /// Sequence number of the last PING sent.
     pings_sent: u64,
+    /// A replacement started early, because this worker nears a limit it
+    /// will certainly reach (calls or age), so that capacity does not dip
+    /// while it starts.
+    successor: Option<u32>,
     /// Set once the host decided to stop it: no new calls, and its exit is
     /// not a crash.
     retirement: Option<Retirement>,
@@ -361,6 +365,7 @@ impl Dispatcher {
         worker.in_flight += 1;
         worker.dispatched += 1;
         let used_up = worker.limits.max_requests.is_some_and(|max| worker.dispatched >= max);
+        let nearly_used_up = worker.limits.max_requests.is_some_and(|max| worker.dispatched + prestart_lead(max) >= max);
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let Queued { request, reply, .. } = queued;
@@ -395,6 +400,8 @@ impl Dispatcher {
         });
         if used_up {
             self.retire(worker_id, Reason::MaxRequests);
+        } else if nearly_used_up {
+            self.prestart_successor(worker_id);
         }
     }
 
@@ -457,7 +464,11 @@ impl Dispatcher {
         }
         tracing::info!(pool = %self.config.name, worker = worker_id, %reason, served = worker.served,
             rss_bytes = worker.rss_bytes, "recycling the worker");
-        worker.retirement = Some(Retirement { reason, stage: Stage::Waiting });
+        let stage = match worker.successor.take() {
+            Some(successor) => Stage::Draining { replacement: Some(successor) },
+            None => Stage::Waiting,
+        };
+        worker.retirement = Some(Retirement { reason, stage });
         self.recycles.add(reason);
         self.advance_recycles();
     }
@@ -473,7 +484,8 @@ impl Dispatcher {
         tracing::warn!(pool = %self.config.name, worker = worker_id, pid = handle.pid, %reason, "killing the worker; a replacement starts");
         handle.kill();
         // A replacement already started for it takes its place.
-        let replacement_started = matches!(worker.retirement.map(|r| r.stage), Some(Stage::Draining { replacement: Some(_) }));
+        let replacement_started = worker.successor.take().is_some()
+            || matches!(worker.retirement.map(|r| r.stage), Some(Stage::Draining { replacement: Some(_) }));
         worker.retirement = Some(Retirement { reason, stage: if replacement_started { Stage::Stopping { next: far_future(), signals_sent: 2 } } else { Stage::Killed } });
         self.recycles.add(reason);
     }
@@ -485,12 +497,7 @@ impl Dispatcher {
         if self.shutdown.is_some() {
             return;
         }
-        let draining = self
-            .workers
-            .iter()
-            .filter(|w| matches!(w.retirement.map(|r| r.stage), Some(Stage::Draining { .. })))
-            .count() as u32;
-        let free_slots = self.config.lifecycle.max_concurrent_recycles.saturating_sub(draining);
+        let free_slots = self.free_recycle_slots();
         let waiting: Vec<u32> = self
             .workers
             .iter()
@@ -517,6 +524,34 @@ impl Dispatcher {
                 }
                 retirement.stage = Stage::Stopping { next: now + SHUTDOWN_STEP, signals_sent: 0 };
             }
+        }
+    }
+
+    /// Recycles may run side by side up to `max_concurrent_recycles`: a
+    /// draining worker takes a slot, and so does one with a successor.
+    fn free_recycle_slots(&self) -> u32 {
+        let busy = self
+            .workers
+            .iter()
+            .filter(|w| w.successor.is_some() || matches!(w.retirement.map(|r| r.stage), Some(Stage::Draining { .. })))
+            .count() as u32;
+        self.config.lifecycle.max_concurrent_recycles.saturating_sub(busy)
+    }
+
+    /// Starts the replacement of a worker that will soon reach a limit,
+    /// when a recycle slot is free and workers are starting cleanly.
+    fn prestart_successor(&mut self, worker_id: u32) {
+        if self.shutdown.is_some() || self.consecutive_crashes > 0 || self.free_recycle_slots() == 0 {
+            return;
+        }
+        let Some(worker) = self.workers.iter().find(|w| w.id == worker_id) else { return };
+        if worker.successor.is_some() || worker.retirement.is_some() || worker.handle.is_none() {
+            return;
+        }
+        let successor = self.start_worker();
+        self.restarts += 1;
+        if let Some(worker) = self.workers.iter_mut().find(|w| w.id == worker_id) {
+            worker.successor = Some(successor);
         }
     }
 
@@ -554,14 +589,18 @@ impl Dispatcher {
         }
         let max_missed = u64::from(self.config.lifecycle.max_missed_pings);
         let mut due = Vec::new();
+        let mut nearly_due = Vec::new();
         let mut unresponsive = Vec::new();
         for worker in &mut self.workers {
             let Some(handle) = &worker.handle else { continue };
             worker.rss_bytes = handle.rss_bytes().unwrap_or(0);
             match &mut worker.retirement {
                 None => {
-                    if let Some(reason) = worker.limits.passed(now.duration_since(worker.spawned_at), worker.rss_bytes) {
+                    let age = now.duration_since(worker.spawned_at);
+                    if let Some(reason) = worker.limits.passed(age, worker.rss_bytes) {
                         due.push((worker.id, reason));
+                    } else if worker.limits.ttl.is_some_and(|ttl| age + ttl / 10 >= ttl) {
+                        nearly_due.push(worker.id);
                     }
                 }
                 Some(Retirement { stage: Stage::Stopping { next, signals_sent }, .. }) if now >= *next => {
@@ -585,6 +624,9 @@ impl Dispatcher {
             tracing::warn!(pool = %self.config.name, worker = id, missed = max_missed, "the worker stopped answering pings");
             self.kill(id, Reason::Unresponsive);
         }
+        for id in nearly_due {
+            self.prestart_successor(id);
+        }
         for (id, reason) in due {
             self.retire(id, reason);
         }
@@ -604,6 +646,7 @@ impl Dispatcher {
             limits: WorkerLimits::jittered(&self.config.lifecycle),
             rss_bytes: 0,
             pings_sent: 0,
+            successor: None,
             retirement: None,
         });
         let spec = self.spec(id);
@@ -664,6 +707,14 @@ impl Dispatcher {
             Err(err) => {
                 self.workers.remove(position);
                 self.forget_replacement(id);
+                if let Some(predecessor) = self.workers.iter_mut().find(|w| w.successor == Some(id)) {
+                    // The worker it was to replace keeps serving; its own
+                    // retirement starts a replacement the usual way.
+                    predecessor.successor = None;
+                    self.consecutive_crashes += 1;
+                    tracing::error!(pool = %self.config.name, "{err}");
+                    return;
+                }
                 if self.starting.is_some() && self.try_fallback(&err) {
                     return;
                 }
@@ -739,6 +790,9 @@ impl Dispatcher {
     /// waiting for the next attempt ([`Event::Replace`]).
     fn forget_replacement(&mut self, gone: u32) {
         for worker in &mut self.workers {
+            if worker.successor == Some(gone) {
+                worker.successor = None;
+            }
             if let Some(Retirement { stage: stage @ Stage::Draining { .. }, .. }) = &mut worker.retirement {
                 if *stage == (Stage::Draining { replacement: Some(gone) }) {
                     *stage = Stage::Draining { replacement: None };
@@ -774,7 +828,9 @@ impl Dispatcher {
                 self.crashes += 1;
                 self.recycles.add(Reason::Crashed);
                 tracing::warn!(pool = %pool, worker = exit.id, "worker {} unexpectedly", exit.status);
-                self.crashed();
+                if worker.successor.is_none() {
+                    self.crashed();
+                }
             }
         }
         self.advance_recycles();
@@ -895,6 +951,12 @@ impl Dispatcher {
                 .collect(),
         }
     }
+}
+
+/// How many calls before its limit a worker's successor starts: a tenth of
+/// the limit, at least one.
+fn prestart_lead(max_requests: u64) -> u64 {
+    (max_requests / 10).max(1)
 }
 
 fn request_view(request: &CallRequest) -> RequestView {
