@@ -5,6 +5,6 @@ pitboss host runs it with ``python -m pitboss_worker --adapter SPEC --socket PAT
 """
 
 from ._version import __version__
-from .adapter import Adapter, tool
+from .adapter import Adapter, ThreadSafeAdapter, tool
 
-__all__ = ["Adapter", "tool", "__version__"]
+__all__ = ["Adapter", "ThreadSafeAdapter", "tool", "__version__"]

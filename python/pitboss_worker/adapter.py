@@ -9,14 +9,21 @@ import importlib
 import inspect
 import os
 import sys
+import threading
 
 #: Attribute that @tool sets on the function it marks; its value is the tool name.
 TOOL_ATTRIBUTE = "__pitboss_tool__"
+#: Attribute that @tool(thread_safe=...) sets on the function it marks.
+THREAD_SAFE_ATTRIBUTE = "__pitboss_thread_safe__"
 MAX_TOOL_NAME_BYTES = 0xFFFF
 
 
 class AdapterError(Exception):
     """An adapter spec that cannot be turned into a set of tools."""
+
+
+class ThreadUnsafeAdapter(AdapterError):
+    """An adapter that declares thread_safe = False, asked to serve calls on several threads."""
 
 
 def _check_tool_name(name):
@@ -32,18 +39,28 @@ def _check_tool_name(name):
         raise ValueError("tool name is %d bytes of UTF-8, the limit is %d" % (size, MAX_TOOL_NAME_BYTES))
 
 
-def tool(func=None, *, name=None):
+def _check_thread_safe(value, what):
+    if value is not None and not isinstance(value, bool):
+        raise TypeError("%s must be True or False, got %r" % (what, value))
+
+
+def tool(func=None, *, name=None, thread_safe=None):
     """Mark a method or function as a tool the host can call.
 
     ``@tool`` names the tool after the function; ``@tool(name="other-name")``
     (or ``@tool("other-name")``) names it explicitly. Works on methods of an
     adapter class (including staticmethod/classmethod) and on module-level
     functions. Returns the function unchanged.
+
+    ``thread_safe=True`` vouches that the tool may run on several threads at
+    once (``False``: it may not); unset, the adapter's own ``thread_safe``
+    decides. Only ``--thread-safety-checks`` looks at it.
     """
     if isinstance(func, str) and name is None:
         func, name = None, func
     if name is not None:
         _check_tool_name(name)
+    _check_thread_safe(thread_safe, "@tool(thread_safe=...)")
 
     def mark(f):
         target = f.__func__ if isinstance(f, (staticmethod, classmethod)) else f
@@ -55,6 +72,8 @@ def tool(func=None, *, name=None):
         _check_tool_name(tool_name)
         try:
             setattr(target, TOOL_ATTRIBUTE, tool_name)
+            if thread_safe is not None:
+                setattr(target, THREAD_SAFE_ATTRIBUTE, thread_safe)
         except (AttributeError, TypeError):
             raise TypeError("@tool cannot mark %r (it takes no attributes)" % (f,)) from None
         return f
@@ -77,16 +96,79 @@ class Adapter:
         An exception here makes the worker exit with status 3."""
 
 
+class _SharedState:
+    __slots__ = ("locks", "local")
+
+    def __init__(self):
+        self.locks = {}
+        self.local = threading.local()
+
+
+_SHARED_STATE_ATTRIBUTE = "_pitboss_shared_state"
+
+
+class ThreadSafeAdapter(Adapter):
+    """Base class for an adapter whose tools may run on several threads at
+    once (``--threads N``): it declares ``thread_safe = True`` and gives the
+    tools two helpers for the state they share, :meth:`locked` and
+    :meth:`thread_local` (or :attr:`local`).
+
+    Subclasses need not call ``super().__init__()``: the helpers create what
+    they need on first use.
+    """
+
+    thread_safe = True
+
+    def _shared_state(self):
+        state = self.__dict__.get(_SHARED_STATE_ATTRIBUTE)
+        if state is None:
+            # dict.setdefault is one atomic step, with or without the GIL:
+            # threads racing here all get the state that was stored first.
+            state = self.__dict__.setdefault(_SHARED_STATE_ATTRIBUTE, _SharedState())
+        return state
+
+    def locked(self, name="default"):
+        """The lock called `name` (a str), one per adapter instance, created
+        on first use: ``with self.locked("cache"): ...``. It is reentrant: a
+        thread that holds it may take it again."""
+        locks = self._shared_state().locks
+        lock = locks.get(name)
+        if lock is None:
+            lock = locks.setdefault(name, threading.RLock())
+        return lock
+
+    @property
+    def local(self):
+        """A ``threading.local`` of this instance: what a thread stores on it
+        only that thread sees."""
+        return self._shared_state().local
+
+    def thread_local(self, name, factory):
+        """The calling thread's own object `name`, made by ``factory()`` the
+        first time that thread asks, e.g. one database connection per thread:
+        ``self.thread_local("db", lambda: sqlite3.connect(path))``. Kept as
+        ``self.local.<name>``."""
+        local = self.local
+        try:
+            return getattr(local, name)
+        except AttributeError:
+            value = factory()
+            setattr(local, name, value)
+            return value
+
+
 class Tool:
-    """One callable tool: its name, the bound callable and its signature
-    (None when Python cannot tell, in which case arguments are not checked
-    before the call)."""
+    """One callable tool: its name, the bound callable, its signature (None
+    when Python cannot tell, in which case arguments are not checked before
+    the call) and its own thread-safety marker (True, False, or None when
+    @tool did not say)."""
 
-    __slots__ = ("name", "func", "signature")
+    __slots__ = ("name", "func", "signature", "thread_safe")
 
-    def __init__(self, name, func):
+    def __init__(self, name, func, thread_safe=None):
         self.name = name
         self.func = func
+        self.thread_safe = thread_safe
         try:
             self.signature = inspect.signature(func)
         except (TypeError, ValueError):
@@ -97,12 +179,15 @@ class Tool:
 
 
 def _marker(value):
+    """(tool name, thread_safe marker) of a @tool function, (None, None) otherwise."""
     raw = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
     try:
         name = getattr(raw, TOOL_ATTRIBUTE, None)
     except Exception:  # objects with exotic __getattr__
-        return None
-    return name if isinstance(name, str) else None
+        return None, None
+    if not isinstance(name, str):
+        return None, None
+    return name, getattr(raw, THREAD_SAFE_ATTRIBUTE, None)
 
 
 def tools_of_instance(instance):
@@ -111,21 +196,21 @@ def tools_of_instance(instance):
     The most derived definition of an attribute decides: a subclass that
     overrides a tool method without @tool removes the tool.
     """
-    marked = {}  # attribute name -> tool name
+    marked = {}  # attribute name -> (tool name, thread_safe marker)
     for klass in reversed(type(instance).__mro__):
         for attr, value in vars(klass).items():
-            tool_name = _marker(value)
+            tool_name, thread_safe = _marker(value)
             if tool_name is None:
                 marked.pop(attr, None)
             else:
-                marked[attr] = tool_name
+                marked[attr] = tool_name, thread_safe
     tools = {}
-    for attr, tool_name in marked.items():
+    for attr, (tool_name, thread_safe) in marked.items():
         if tool_name in tools:
             raise AdapterError(
                 "two methods of %s are both the tool %r" % (type(instance).__qualname__, tool_name)
             )
-        tools[tool_name] = Tool(tool_name, getattr(instance, attr))
+        tools[tool_name] = Tool(tool_name, getattr(instance, attr), thread_safe)
     return tools
 
 
@@ -135,7 +220,7 @@ def tools_of_module(module):
     for value in list(vars(module).values()):
         if isinstance(value, type) or not callable(value):
             continue
-        tool_name = _marker(value)
+        tool_name, thread_safe = _marker(value)
         if tool_name is None:
             continue
         existing = tools.get(tool_name)
@@ -143,7 +228,7 @@ def tools_of_module(module):
             if existing.func is value:
                 continue
             raise AdapterError("two functions of %s are both the tool %r" % (module.__name__, tool_name))
-        tools[tool_name] = Tool(tool_name, value)
+        tools[tool_name] = Tool(tool_name, value, thread_safe)
     return tools
 
 
@@ -156,15 +241,38 @@ def collect_tools(target):
 
 class LoadedAdapter:
     """The result of load_adapter: the spec, the module, the instance (None
-    for a module spec) and the tools."""
+    for a module spec), the tools, and the adapter's thread_safe
+    declaration (True, False, or None when it declares nothing)."""
 
-    __slots__ = ("spec", "module", "instance", "tools")
+    __slots__ = ("spec", "module", "instance", "tools", "thread_safe")
 
-    def __init__(self, spec, module, instance, tools):
+    def __init__(self, spec, module, instance, tools, thread_safe=None):
         self.spec = spec
         self.module = module
         self.instance = instance
         self.tools = tools
+        self.thread_safe = thread_safe
+
+
+def declared_thread_safety(target):
+    """The `thread_safe` attribute of an adapter instance (its class's) or
+    module: True, False, or None when absent; AdapterError for another value."""
+    value = getattr(target, "thread_safe", None)
+    try:
+        _check_thread_safe(value, "thread_safe")
+    except TypeError as exc:
+        raise AdapterError(str(exc)) from None
+    return value
+
+
+def _check_threads(thread_safe, threads):
+    # Before setup(), which may take minutes to load a model.
+    if threads > 1 and thread_safe is False:
+        raise ThreadUnsafeAdapter(
+            "it declares thread_safe = False, so it cannot serve %d calls at once (--threads %d): "
+            'run it in a process pool (profile = "process", one call per worker process), or make it '
+            "thread-safe and declare thread_safe = True" % (threads, threads)
+        )
 
 
 def parse_spec(spec):
@@ -190,17 +298,21 @@ def extend_sys_path(paths=(), include_cwd=True):
     sys.path[:] = front + [p for p in sys.path if p not in front and not (include_cwd and p == "")]
 
 
-def load_adapter(spec, paths=(), include_cwd=True):
+def load_adapter(spec, paths=(), include_cwd=True, threads=1):
     """Import the adapter, instantiate and set it up (class spec), collect its tools.
 
     Exceptions from the adapter's own code (import, constructor, setup)
-    propagate unchanged; problems with the spec itself raise AdapterError.
+    propagate unchanged; problems with the spec itself raise AdapterError,
+    and an adapter declaring thread_safe = False with threads > 1 raises
+    ThreadUnsafeAdapter before its setup() runs.
     """
     module_name, attr_path = parse_spec(spec)
     extend_sys_path(paths, include_cwd=include_cwd)
     module = importlib.import_module(module_name)
     instance = None
     if attr_path is None:
+        thread_safe = declared_thread_safety(module)
+        _check_threads(thread_safe, threads)
         tools = tools_of_module(module)
     else:
         factory = module
@@ -214,6 +326,8 @@ def load_adapter(spec, paths=(), include_cwd=True):
         if not callable(factory):
             raise AdapterError("%s:%s is not a class" % (module_name, attr_path))
         instance = factory()
+        thread_safe = declared_thread_safety(instance)
+        _check_threads(thread_safe, threads)
         setup = getattr(instance, "setup", None)
         if setup is not None:
             if not callable(setup):
@@ -222,4 +336,4 @@ def load_adapter(spec, paths=(), include_cwd=True):
         tools = tools_of_instance(instance)
     if not tools:
         raise AdapterError("adapter %r defines no @tool %s" % (spec, "functions" if attr_path is None else "methods"))
-    return LoadedAdapter(spec, module, instance, tools)
+    return LoadedAdapter(spec, module, instance, tools, thread_safe)

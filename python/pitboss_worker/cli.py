@@ -1,4 +1,4 @@
-"""python -m pitboss_worker --adapter SPEC --socket PATH [--threads N] [--path DIR]..."""
+"""python -m pitboss_worker --adapter SPEC --socket PATH [--threads N] [--path DIR]... [--thread-safety-checks]"""
 
 import argparse
 import os
@@ -9,6 +9,7 @@ import traceback
 from ._version import __version__
 from .adapter import AdapterError, load_adapter
 from .dispatch import Dispatcher, warm_up
+from .threadcheck import CheckingDispatcher, ThreadSafetyChecker
 from .worker import (
     EXIT_ADAPTER,
     EXIT_CONNECT,
@@ -46,6 +47,9 @@ def build_parser():
     parser.add_argument("--path", action="append", default=[], metavar="DIR",
                         help="directory put at the front of sys.path before importing the adapter "
                         "(repeatable; the current directory is always added)")
+    parser.add_argument("--thread-safety-checks", action="store_true",
+                        help="warn (stderr) when a tool not marked thread-safe runs on two threads at once, "
+                        "and about loaded modules known to be unsafe to share across threads")
     parser.add_argument("--version", action="version", version="pitboss-worker " + __version__)
     return parser
 
@@ -73,7 +77,7 @@ def main(argv=None):
     control_sock, call_sock = connections
 
     try:
-        loaded = load_adapter(args.adapter, args.path)
+        loaded = load_adapter(args.adapter, args.path, threads=args.threads)
     except AdapterError as exc:
         log("error: cannot load adapter %r: %s" % (args.adapter, exc))
         return EXIT_ADAPTER
@@ -83,9 +87,22 @@ def main(argv=None):
         sys.stderr.flush()
         return EXIT_ADAPTER
 
-    dispatcher = Dispatcher(loaded.tools)
+    if args.threads > 1 and loaded.thread_safe is None:
+        log(
+            "warning: adapter %r does not declare thread_safe, yet serves %d calls at once on threads "
+            "sharing one instance: declare thread_safe = True (or subclass ThreadSafeAdapter) if it is "
+            "thread-safe, or thread_safe = False to make thread pools refuse it" % (args.adapter, args.threads)
+        )
+    unsafe_modules = ()
+    if args.thread_safety_checks:
+        checker = ThreadSafetyChecker(loaded.tools, loaded.thread_safe, log)
+        checker.scan_modules()
+        unsafe_modules = checker.unsafe_modules
+        dispatcher = CheckingDispatcher(loaded.tools, checker)
+    else:
+        dispatcher = Dispatcher(loaded.tools)
     warm_up()
-    facts = worker_facts(args.adapter, dispatcher.tool_names, args.threads)
+    facts = worker_facts(args.adapter, dispatcher.tool_names, args.threads, loaded.thread_safe, unsafe_modules)
     status = Worker(control_sock, call_sock, dispatcher, facts, threads=args.threads).serve()
     for sock in connections:
         try:

@@ -102,7 +102,7 @@ def free_threaded_build():
     return sysconfig.get_config_var("Py_GIL_DISABLED") == 1
 
 
-def worker_facts(adapter_spec, tool_names, threads):
+def worker_facts(adapter_spec, tool_names, threads, thread_safe=None, unsafe_modules=()):
     """The HELLO body as a dict (measure after the adapter is imported: an
     extension module can turn the GIL back on)."""
     return {
@@ -116,6 +116,8 @@ def worker_facts(adapter_spec, tool_names, threads):
         "adapter": adapter_spec,
         "threads": threads,
         "package_version": __version__,
+        "thread_safe": thread_safe,
+        "unsafe_modules": list(unsafe_modules),
     }
 
 

@@ -2,14 +2,16 @@
 
 import os
 import sys
+import threading
 import types
 
 import pytest
 
 import pitboss_worker
-from pitboss_worker import Adapter, tool
+from pitboss_worker import Adapter, ThreadSafeAdapter, tool
 from pitboss_worker.adapter import (
     AdapterError,
+    ThreadUnsafeAdapter,
     collect_tools,
     extend_sys_path,
     load_adapter,
@@ -32,7 +34,7 @@ def clean_imports(monkeypatch):
 
 def test_public_api():
     assert pitboss_worker.__version__ == "0.1.0"
-    assert set(pitboss_worker.__all__) == {"Adapter", "tool", "__version__"}
+    assert set(pitboss_worker.__all__) == {"Adapter", "ThreadSafeAdapter", "tool", "__version__"}
 
 
 def test_installed_metadata_matches_version():
@@ -205,3 +207,104 @@ def test_extend_sys_path_order_and_no_duplicates(monkeypatch, tmp_path):
     assert sys.path.count(str(tmp_path)) == 1
     assert "" not in sys.path
     assert "/x" in sys.path
+
+
+# --- thread safety ------------------------------------------------------------
+
+
+def test_tool_thread_safe_marker():
+    class Marked:
+        @tool(thread_safe=True)
+        def safe(self):
+            pass
+
+        @tool(name="unsafe", thread_safe=False)
+        def unsafe_method(self):
+            pass
+
+        @tool
+        def unmarked(self):
+            pass
+
+        @staticmethod
+        @tool(thread_safe=True)
+        def static_safe():
+            pass
+
+    tools = tools_of_instance(Marked())
+    assert {name: t.thread_safe for name, t in tools.items()} == {
+        "safe": True, "unsafe": False, "unmarked": None, "static_safe": True,
+    }
+    with pytest.raises(TypeError, match="True or False"):
+        tool(thread_safe="yes")
+
+
+def test_load_reads_thread_safe_declarations(clean_imports):
+    assert load_adapter("sample_tools:Sample", [ADAPTERS_DIR]).thread_safe is None
+    assert load_adapter("thread_tools:Unsafe", [ADAPTERS_DIR]).thread_safe is False
+    assert load_adapter("thread_tools:Counter", [ADAPTERS_DIR]).thread_safe is True
+    assert load_adapter("safe_module", [ADAPTERS_DIR]).thread_safe is True, "a module-level variable"
+    assert load_adapter("sample_tools", [ADAPTERS_DIR]).thread_safe is None
+    with pytest.raises(AdapterError, match="thread_safe must be True or False, got 'yes'"):
+        load_adapter("thread_tools:BadDeclaration", [ADAPTERS_DIR])
+
+
+def test_thread_unsafe_adapter_refused_before_setup(clean_imports, monkeypatch):
+    setups = []
+    monkeypatch.setattr(Adapter, "setup", lambda self: setups.append(self))
+    with pytest.raises(ThreadUnsafeAdapter, match='profile = "process"') as info:
+        load_adapter("thread_tools:Unsafe", [ADAPTERS_DIR], threads=2)
+    assert "--threads 2" in str(info.value)
+    assert setups == [], "refused before setup() runs"
+    assert load_adapter("thread_tools:Unsafe", [ADAPTERS_DIR], threads=1).thread_safe is False
+
+
+def test_thread_safe_adapter_locks():
+    class A(ThreadSafeAdapter):
+        def __init__(self):
+            pass  # no super().__init__(): the helpers must not need it
+
+    a, b = A(), A()
+    assert a.thread_safe is True
+    assert a.locked() is a.locked("default")
+    assert a.locked("x") is a.locked("x") is not a.locked("y")
+    assert a.locked("x") is not b.locked("x"), "one set of locks per instance"
+    with a.locked("x"):
+        with a.locked("x"):  # reentrant
+            pass
+
+    # Many threads asking for the same new lock at once all get one lock.
+    c = A()
+    start = threading.Barrier(8)
+    got = []
+
+    def take():
+        start.wait()
+        got.append(c.locked("new"))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and len({id(lock) for lock in got}) == 1
+
+
+def test_thread_safe_adapter_thread_local():
+    a = ThreadSafeAdapter()
+    made = []
+
+    def factory():
+        made.append(threading.get_ident())
+        return object()
+
+    mine = a.thread_local("conn", factory)
+    assert a.thread_local("conn", factory) is mine, "built once per thread"
+    assert a.local.conn is mine
+    other = []
+    t = threading.Thread(target=lambda: other.append(a.thread_local("conn", factory)))
+    t.start()
+    t.join()
+    assert other[0] is not mine
+    assert len(made) == 2
+    assert not hasattr(ThreadSafeAdapter().local, "conn"), "one threading.local per instance"

@@ -37,9 +37,11 @@ def test_hello_facts(host):
     assert hello["adapter"] == "sample_tools:Sample"
     assert hello["threads"] == 1
     assert hello["package_version"] == pitboss_worker.__version__ == "0.1.0"
+    assert hello["thread_safe"] is None, "Sample declares nothing"
+    assert hello["unsafe_modules"] == [], "checks are off"
     assert list(hello) == [
         "protocol", "pid", "python_version", "implementation", "free_threaded_build",
-        "gil_enabled", "tools", "adapter", "threads", "package_version",
+        "gil_enabled", "tools", "adapter", "threads", "package_version", "thread_safe", "unsafe_modules",
     ]
 
 

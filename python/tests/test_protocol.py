@@ -102,11 +102,14 @@ def test_vector_through_reader(v):
 
 def test_hello_vector_matches_worker_facts_layout():
     v = BY_NAME["hello"]
-    facts = worker_facts("adapter:Example", ["echo", "add"], 1)
+    facts = worker_facts("adapter:Example", ["echo", "add"], 1, thread_safe=True, unsafe_modules=["sqlite3"])
     assert list(facts) == list(v["body"]), "same keys, same order"
     for key, value in v["body"].items():
         assert type(facts[key]) is type(value), key
     assert facts["tools"] == ["add", "echo"]
+    assert facts["unsafe_modules"] == v["body"]["unsafe_modules"]
+    defaults = worker_facts("adapter:Example", ["add"], 1)
+    assert (defaults["thread_safe"], defaults["unsafe_modules"]) == (None, [])
 
 
 def test_error_vectors_match_the_dispatcher():
