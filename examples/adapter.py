@@ -19,6 +19,9 @@ def _fib(n):
 
 
 class Example(Adapter):
+    # Every tool below is stateless, so a thread pool may run them at once.
+    thread_safe = True
+
     def setup(self):
         # Runs once per worker process, before the worker reports ready:
         # load models, open connections, warm caches here.
