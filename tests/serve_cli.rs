@@ -25,9 +25,9 @@ impl Served {
         let dir = tempfile::tempdir().unwrap();
         let address = free_address();
         let config = support::config(dir.path(), pool_settings);
-        let text = std::fs::read_to_string(&config.source).unwrap();
-        let text = text.replacen("[host]\n", &format!("[host]\napi_address = {address:?}\n"), 1);
-        std::fs::write(&config.source, text).unwrap();
+        let original = std::fs::read_to_string(&config.source).unwrap();
+        let with_address = original.replacen("[host]\n", &format!("[host]\napi_address = {address:?}\n"), 1);
+        std::fs::write(&config.source, with_address).unwrap();
         let child = Command::new(PITBOSS)
             .args(["serve", "--config"])
             .arg(&config.source)
@@ -41,11 +41,26 @@ impl Served {
             assert!(Instant::now() < deadline, "pitboss serve did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
+        // The pool serves from its first worker; wait for all of them.
+        while !text(&served.admin(&["status"]).stdout).lines().next().is_some_and(|line| {
+            line.split(", ").nth(1).and_then(|ready| ready.strip_suffix(" ready")).is_some_and(|n| {
+                n.split_once('/').is_some_and(|(ready, size)| ready == size)
+            })
+        }) {
+            assert!(Instant::now() < deadline, "the workers did not all start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         served
     }
 
     fn call(&self, args: &[&str]) -> Output {
-        Command::new(PITBOSS).args(["call", "--addr", &self.address]).args(args).output().unwrap()
+        self.admin(&[&["call"], args].concat())
+    }
+
+    /// Runs `pitboss COMMAND --addr ADDRESS ARGS...`.
+    fn admin(&self, command_and_args: &[&str]) -> Output {
+        let (command, args) = command_and_args.split_first().unwrap();
+        Command::new(PITBOSS).arg(command).args(["--addr", &self.address]).args(args).output().unwrap()
     }
 
     fn worker_pids(&self) -> Vec<u32> {
@@ -114,6 +129,36 @@ fn call_prints_results_and_errors_with_the_documented_exit_codes() {
 
     let after = served.call(&["pool", "add", r#"{"a": 1, "b": 1}"#]);
     assert_eq!(text(&after.stdout), "2\n", "still serving after all that: {}", text(&after.stderr));
+}
+
+#[test]
+fn status_shows_the_workers_and_recycle_drains_one_over_the_admin_api() {
+    let served = Served::start("size = 2");
+    let status = text(&served.admin(&["status"]).stdout);
+    assert!(status.starts_with("pool pool  process × 1 thread(s), 2/2 ready, 0 starting, 0 draining\n"), "{status}");
+    assert!(status.contains("thread_safe true"), "{status}");
+    let worker_lines: Vec<&str> = status.lines().filter(|line| line.contains(" ready ")).collect();
+    assert_eq!(worker_lines.len(), 2, "{status}");
+    let first: u32 = worker_lines[0].split_whitespace().next().unwrap().parse().unwrap();
+
+    let recycled = served.admin(&["recycle", "pool", &first.to_string()]);
+    assert_eq!(recycled.status.code(), Some(0), "{}", text(&recycled.stderr));
+    assert!(text(&recycled.stdout).contains("is draining"), "{}", text(&recycled.stdout));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = text(&served.admin(&["status"]).stdout);
+        if status.contains("recycles: manual 1") && status.contains("2/2 ready") && !status.contains(" draining ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the recycle did not complete: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let unknown = served.admin(&["recycle", "pool", "99"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("pool `pool` has no worker 99"), "{}", text(&unknown.stderr));
+    let after = served.call(&["pool", "add", r#"{"a": 1, "b": 1}"#]);
+    assert_eq!(text(&after.stdout), "2\n");
 }
 
 #[test]

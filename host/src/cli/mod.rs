@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod admin;
 mod call;
 mod plugin_test;
 mod serve;
@@ -25,6 +26,11 @@ enum Command {
     Serve(serve::Args),
     /// Call a tool through a running host; prints the result.
     Call(call::Args),
+    /// Show a running host's pools and workers.
+    Status(admin::StatusArgs),
+    /// Recycle one worker of a running host: it drains, and a replacement
+    /// takes its place.
+    Recycle(admin::RecycleArgs),
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -48,6 +54,14 @@ pub fn main() -> ExitCode {
         Command::Call(args) => {
             init_logging("warn");
             call::run(&args)
+        }
+        Command::Status(args) => {
+            init_logging("warn");
+            admin::status(&args)
+        }
+        Command::Recycle(args) => {
+            init_logging("warn");
+            admin::recycle(&args)
         }
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging("warn");
