@@ -1,22 +1,18 @@
 //! The thread profile with real Python workers: N calls at once on one
-//! process, exact in-flight counts, thread-safety declarations, the GIL as
-//! the workers report it, and free-threaded CPython 3.13t for real.
+//! process, exact in-flight counts, thread-safety declarations, and the GIL
+//! as the workers report it (free-threaded 3.13t: tests/free_threaded.rs).
 
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pitboss::pool::{CallRequest, ErrorKind, PoolStatus, Reason};
+use pitboss::pool::{ErrorKind, PoolStatus, Reason};
 use pitboss::Host;
-use serde_json::{json, Value};
-use support::{config_for, config_with_python, eventually, free_threaded_python, json_call, start_ready};
+use serde_json::json;
+use support::{config_for, eventually, json_call, probe_two_threads, spawn_json_call, start_ready, PARALLEL_CHANGES};
 
 const TOOLS: &str = "lifecycle:Tools";
-
-fn request(tool: &str, args: Value) -> CallRequest {
-    CallRequest::json(tool, serde_json::to_vec(&args).unwrap())
-}
 
 async fn pool_status(host: &Host) -> PoolStatus {
     host.status().await.remove(0)
@@ -28,22 +24,13 @@ async fn start(settings: &str) -> (tempfile::TempDir, Arc<Host>) {
     (dir, Arc::new(host))
 }
 
-fn spawn_call(host: &Arc<Host>, tool: &str, args: Value) -> tokio::task::JoinHandle<Result<Value, pitboss::pool::CallError>> {
-    let host = host.clone();
-    let request = request(tool, args);
-    tokio::spawn(async move {
-        let output = host.execute("pool", request).await?;
-        Ok(serde_json::from_slice(&output.payload).unwrap())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_thread_worker_runs_eight_sleeps_at_once_and_queues_the_ninth() {
     let (_dir, host) = start("size = 1\nprofile = \"thread\"\nthreads_per_worker = 8").await;
     assert_eq!(pool_status(&host).await.threads_per_worker, 8);
 
     let started = Instant::now();
-    let calls: Vec<_> = (0..8).map(|_| spawn_call(&host, "sleep", json!({ "seconds": 0.5 }))).collect();
+    let calls: Vec<_> = (0..8).map(|_| spawn_json_call(&host, "sleep", json!({ "seconds": 0.5 }))).collect();
     let mut pids = Vec::new();
     for call in calls {
         pids.push(call.await.unwrap().expect("sleep succeeds"));
@@ -53,7 +40,7 @@ async fn one_thread_worker_runs_eight_sleeps_at_once_and_queues_the_ninth() {
     assert!(pids.windows(2).all(|pair| pair[0] == pair[1]), "one process served them all: {pids:?}");
 
     let started = Instant::now();
-    let calls: Vec<_> = (0..9).map(|_| spawn_call(&host, "sleep", json!({ "seconds": 0.5 }))).collect();
+    let calls: Vec<_> = (0..9).map(|_| spawn_json_call(&host, "sleep", json!({ "seconds": 0.5 }))).collect();
     assert!(
         eventually(Duration::from_secs(5), async || {
             let status = pool_status(&host).await;
@@ -81,7 +68,7 @@ async fn in_flight_counts_return_to_zero_after_every_kind_of_ending() {
 
     // Success and Python errors, many at once.
     let calls: Vec<_> = (0..24)
-        .map(|i| if i % 3 == 0 { spawn_call(&host, "fail", json!({})) } else { spawn_call(&host, "sleep", json!({ "seconds": 0.05 })) })
+        .map(|i| if i % 3 == 0 { spawn_json_call(&host, "fail", json!({})) } else { spawn_json_call(&host, "sleep", json!({ "seconds": 0.05 })) })
         .collect();
     for (i, call) in calls.into_iter().enumerate() {
         let result = call.await.unwrap();
@@ -90,13 +77,13 @@ async fn in_flight_counts_return_to_zero_after_every_kind_of_ending() {
     assert!(all_idle().await, "{:#?}", pool_status(&host).await);
 
     // A timeout: the worker is replaced.
-    let err = spawn_call(&host, "sleep", json!({ "seconds": 10 })).await.unwrap().unwrap_err();
+    let err = spawn_json_call(&host, "sleep", json!({ "seconds": 10 })).await.unwrap().unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout);
     assert!(eventually(Duration::from_secs(10), async || pool_status(&host).await.ready == 2).await);
     assert!(all_idle().await, "{:#?}", pool_status(&host).await);
 
     // A crash with calls in flight on the crashed worker.
-    let calls: Vec<_> = (0..3).map(|_| spawn_call(&host, "sleep", json!({ "seconds": 0.8 }))).collect();
+    let calls: Vec<_> = (0..3).map(|_| spawn_json_call(&host, "sleep", json!({ "seconds": 0.8 }))).collect();
     assert!(eventually(Duration::from_secs(5), async || pool_status(&host).await.in_flight == 3).await);
     let victim = pool_status(&host).await.workers.iter().find(|w| w.in_flight > 0).map(|w| w.pid).unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -179,38 +166,4 @@ async fn the_gil_and_a_missing_thread_safety_declaration_are_reported() {
     let text = log.text();
     assert!(text.contains("thread pool runs with the GIL enabled"), "{text}");
     assert!(text.contains("does not declare `thread_safe`"), "{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn free_threaded_python_runs_two_cpu_bound_calls_at_once_on_one_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = "size = 1\nprofile = \"thread\"\nthreads_per_worker = 2";
-    let host = start_ready(config_with_python(dir.path(), &free_threaded_python(), TOOLS, settings)).await;
-    let host = Arc::new(host);
-    let facts = pool_status(&host).await.facts.expect("facts");
-    assert!(facts.free_threaded_build && !facts.gil_enabled, "3.13t keeps the GIL off after the imports: {facts:?}");
-    assert_eq!(facts.thread_safe, Some(true));
-
-    let (changes, overlap) = probe_two_threads(&host).await;
-    assert!(overlap > 0.5, "the two CPU-bound calls overlapped by only {overlap:.3} s");
-    assert!(changes >= PARALLEL_CHANGES, "the reader saw the writer run beside it only {changes} times");
-    host.shutdown().await;
-}
-
-/// Changes the probe's reader must see to show two threads running Python
-/// at once: far above what GIL hand-offs allow (about 200 per second).
-const PARALLEL_CHANGES: u64 = 10_000;
-
-/// Runs the adapter's `probe` writer and reader at once on one worker with
-/// two threads; returns the changes the reader saw and how long, in
-/// seconds, the two calls overlapped (times recorded inside the tool).
-async fn probe_two_threads(host: &Arc<Host>) -> (u64, f64) {
-    let writer = spawn_call(host, "probe", json!({ "role": "writer", "seconds": 1.0 }));
-    let reader = spawn_call(host, "probe", json!({ "role": "reader", "seconds": 1.0 }));
-    let writer = writer.await.unwrap().expect("the writer succeeds");
-    let reader = reader.await.unwrap().expect("the reader succeeds");
-    assert_eq!(writer["pid"], reader["pid"], "both ran in one worker process");
-    let time = |span: &Value, key: &str| span[key].as_f64().unwrap();
-    let overlap = time(&writer, "end").min(time(&reader, "end")) - time(&writer, "start").max(time(&reader, "start"));
-    (reader["changes"].as_u64().unwrap(), overlap)
 }

@@ -103,3 +103,36 @@ pub async fn json_call(host: &pitboss::Host, tool: &str, args: serde_json::Value
     let output = host.execute("pool", request).await.unwrap_or_else(|err| panic!("{tool}: {err}"));
     serde_json::from_slice(&output.payload).unwrap()
 }
+
+/// Starts a call of `tool` on the pool `pool` in the background; the
+/// answer is its decoded JSON.
+pub fn spawn_json_call(
+    host: &std::sync::Arc<pitboss::Host>,
+    tool: &str,
+    args: serde_json::Value,
+) -> tokio::task::JoinHandle<Result<serde_json::Value, pitboss::pool::CallError>> {
+    let host = host.clone();
+    let request = pitboss::pool::CallRequest::json(tool, serde_json::to_vec(&args).unwrap());
+    tokio::spawn(async move {
+        let output = host.execute("pool", request).await?;
+        Ok(serde_json::from_slice(&output.payload).unwrap())
+    })
+}
+
+/// Changes the probe's reader must see to show two threads running Python
+/// at once: far above what GIL hand-offs allow (about 200 per second).
+pub const PARALLEL_CHANGES: u64 = 10_000;
+
+/// Runs the adapter's `probe` writer and reader at once on one worker with
+/// two threads; returns the changes the reader saw and how long, in
+/// seconds, the two calls overlapped (times recorded inside the tool).
+pub async fn probe_two_threads(host: &std::sync::Arc<pitboss::Host>) -> (u64, f64) {
+    let writer = spawn_json_call(host, "probe", serde_json::json!({ "role": "writer", "seconds": 2.0 }));
+    let reader = spawn_json_call(host, "probe", serde_json::json!({ "role": "reader", "seconds": 2.0 }));
+    let writer = writer.await.unwrap().expect("the writer succeeds");
+    let reader = reader.await.unwrap().expect("the reader succeeds");
+    assert_eq!(writer["pid"], reader["pid"], "both ran in one worker process");
+    let time = |span: &serde_json::Value, key: &str| span[key].as_f64().unwrap();
+    let overlap = time(&writer, "end").min(time(&reader, "end")) - time(&writer, "start").max(time(&reader, "start"));
+    (reader["changes"].as_u64().unwrap(), overlap)
+}
