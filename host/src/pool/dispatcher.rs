@@ -416,11 +416,15 @@ impl Dispatcher {
             worker.in_flight -= 1;
             worker.served += 1;
         }
-        // A worker that overran may still be computing the abandoned call:
-        // it is stopped, so its late answer reaches no one. (A thread worker
-        // cannot stop one call either, so it goes the same way.)
+        // A worker that overran may still be computing the abandoned call
+        // (its late answer is dropped: request ids are never reused). A
+        // process worker is killed at once; a thread worker drains, so its
+        // other calls finish, and the stop steps end the stuck one.
         if timed_out {
-            self.kill(worker_id, Reason::Timeout);
+            match self.profile {
+                Profile::Process => self.kill(worker_id, Reason::Timeout),
+                Profile::Thread => self.retire(worker_id, Reason::Timeout),
+            }
         }
         self.router.on_complete(worker_id, tool, ok, latency.as_micros() as u64);
         self.advance_recycles();
@@ -692,6 +696,7 @@ impl Dispatcher {
                     python = %handle.hello.python_version, gil = handle.hello.gil_enabled, "worker ready");
                 self.tools.get_or_insert_with(|| handle.hello.tools.clone());
                 self.note_facts(&handle);
+                self.workers[position].rss_bytes = handle.rss_bytes().unwrap_or(0);
                 if self.shutdown.is_some() {
                     handle.shutdown();
                     self.workers[position].retirement =
