@@ -154,6 +154,14 @@ pub enum Profile {
     Thread,
 }
 
+impl HostConfig {
+    /// Where detected interpreter facts are cached: `python/` in the run
+    /// directory.
+    pub fn python_cache(&self) -> PathBuf {
+        self.run_dir.join("python")
+    }
+}
+
 impl Profile {
     const CHOICES: [(&str, Profile); 2] = [("process", Profile::Process), ("thread", Profile::Thread)];
 }
