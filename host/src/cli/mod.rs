@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod call;
+mod check;
+mod doctor;
+mod output;
 mod plugin_test;
 mod serve;
 
@@ -25,6 +28,11 @@ enum Command {
     Serve(serve::Args),
     /// Call a tool through a running host; prints the result.
     Call(call::Args),
+    /// Check a config: parsing and its config rules; exit 1 on any error.
+    Check(check::Args),
+    /// Check the machine for a config: interpreters, libraries against the
+    /// compat rules, the recommended profile, the run directory, plugins.
+    Doctor(doctor::Args),
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -48,6 +56,14 @@ pub fn main() -> ExitCode {
         Command::Call(args) => {
             init_logging("warn");
             call::run(&args)
+        }
+        Command::Check(args) => {
+            init_logging("warn");
+            check::run(&args)
+        }
+        Command::Doctor(args) => {
+            init_logging("warn");
+            doctor::run(&args)
         }
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging("warn");

@@ -86,7 +86,7 @@ fn pool_rules(pool: &PoolSettings, config: &HostConfig, out: &mut Vec<Diagnostic
         );
     }
     profile_rules(pool, cpus, out);
-    timeout_rules(pool, config, out);
+    timeout_rules(pool, out);
     lifecycle_rules(pool, config, out);
 }
 
@@ -161,7 +161,7 @@ fn blas_rules(pool: &PoolSettings, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn timeout_rules(pool: &PoolSettings, config: &HostConfig, out: &mut Vec<Diagnostic>) {
+fn timeout_rules(pool: &PoolSettings, out: &mut Vec<Diagnostic>) {
     for (key, ms) in [
         ("startup_timeout", pool.startup_timeout_ms),
         ("request_timeout", pool.request_timeout_ms),
@@ -171,20 +171,6 @@ fn timeout_rules(pool: &PoolSettings, config: &HostConfig, out: &mut Vec<Diagnos
         if ms == 0 {
             out.push(Diagnostic::error(pool.field(key), "must be longer than zero").hint("write a duration with its unit, e.g. \"30s\""));
         }
-    }
-    let grace = config.host.shutdown_grace_ms;
-    if pool.request_timeout_ms > grace && grace > 0 {
-        out.push(
-            Diagnostic::warning(
-                pool.field("request_timeout"),
-                format!(
-                    "a call may run {} but host.shutdown_grace gives calls in flight {} at shutdown",
-                    duration(pool.request_timeout_ms),
-                    duration(grace)
-                ),
-            )
-            .hint("raise host.shutdown_grace, or lower request_timeout, or long calls are cut off at shutdown"),
-        );
     }
     if pool.max_missed_pings == 0 {
         out.push(Diagnostic::error(pool.field("max_missed_pings"), "must be ≥ 1 (got 0)").hint("3 tolerates a busy moment"));
