@@ -1,25 +1,19 @@
 //! `pitboss check [--config FILE] [--json]`: parses the config and runs its
 //! config rules; prints every diagnostic; exit 1 on any error.
+//!
+//! Holds no rule itself: the library's `check_config` does the work.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use serde::Serialize;
 
-use super::output::{self, Style};
+use super::output::{self, ConfigReportArgs, Style};
 use crate::config::{Config, Diagnostic};
 use crate::policy::{check_config, PolicyEngine};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// The config file.
-    #[arg(long, short, value_name = "FILE", default_value = "pitboss.toml")]
-    config: PathBuf,
-    /// Print one JSON document instead of text.
-    #[arg(long)]
-    json: bool,
-}
+/// `--config FILE` and `--json`.
+pub type Args = ConfigReportArgs;
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -55,23 +49,4 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         println!("{}: {} ({checked_by})", args.config.display(), output::summary(&diagnostics));
     }
     Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: super::Args,
-    }
-
-    #[test]
-    fn flags_parse() {
-        let cli = Cli::try_parse_from(["check", "--config", "x.toml", "--json"]).unwrap();
-        assert_eq!((cli.args.config.to_str(), cli.args.json), (Some("x.toml"), true));
-        let cli = Cli::try_parse_from(["check"]).unwrap();
-        assert_eq!((cli.args.config.to_str(), cli.args.json), (Some("pitboss.toml"), false));
-    }
 }

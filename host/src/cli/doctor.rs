@@ -3,6 +3,9 @@
 //! with their findings for the pool's profile, and the recommended profile
 //! with reasons; plus whether the run directory is writable and every
 //! plugin loads. Exit 1 when any of that fails.
+//!
+//! Starts no worker and changes nothing but a probe file in the run
+//! directory.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,22 +13,15 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::output::{self, Colour, Style};
+use super::output::{self, Colour, ConfigReportArgs, Style};
 use crate::config::{Config, Diagnostic, PoolConfig};
 use crate::policy::{
     check_config, CompatRules, Finding, Level, PolicyEngine, PolicySource, Recommendation, RouterPolicy,
 };
 use crate::python::{self, PythonEnv};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// The config file.
-    #[arg(long, short, value_name = "FILE", default_value = "pitboss.toml")]
-    config: PathBuf,
-    /// Print one JSON document instead of text.
-    #[arg(long)]
-    json: bool,
-}
+/// `--config FILE` and `--json`.
+pub type Args = ConfigReportArgs;
 
 /// One thing doctor checked: a label, a value, and the failure if any.
 #[derive(Serialize)]

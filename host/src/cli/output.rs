@@ -1,12 +1,27 @@
 //! Output shared by the commands that report: diagnostics as text, JSON
 //! documents, and colour, which is used only when stdout is a terminal
 //! (and `NO_COLOR` is unset).
+//!
+//! Must not decide exit codes or what to check.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::config::{Diagnostic, Severity};
+
+/// The arguments of the commands that report on a config (`check`,
+/// `doctor`).
+#[derive(clap::Args)]
+pub struct ConfigReportArgs {
+    /// The config file.
+    #[arg(long, short, value_name = "FILE", default_value = "pitboss.toml")]
+    pub(super) config: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub(super) json: bool,
+}
 
 /// ANSI colours for the few words that carry a verdict.
 #[derive(Clone, Copy)]
@@ -88,7 +103,23 @@ pub(super) fn print_json(document: &impl Serialize) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ConfigReportArgs,
+    }
+
+    #[test]
+    fn report_flags_parse() {
+        let cli = Cli::try_parse_from(["check", "--config", "x.toml", "--json"]).unwrap();
+        assert_eq!((cli.args.config.to_str(), cli.args.json), (Some("x.toml"), true));
+        let cli = Cli::try_parse_from(["check"]).unwrap();
+        assert_eq!((cli.args.config.to_str(), cli.args.json), (Some("pitboss.toml"), false));
+    }
 
     #[test]
     fn summaries_count_each_severity() {

@@ -1,5 +1,8 @@
 //! What the checks of a config say about it ([`Diagnostic`]), and the keys
 //! the host does not know, kept for site rules ([`ExtraSetting`]).
+//!
+//! Owns these plain data types. Must not know about plugins or WIT: `policy`
+//! converts them at its boundary.
 
 use std::fmt;
 

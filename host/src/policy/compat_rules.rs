@@ -1,5 +1,8 @@
 //! Compatibility rules: the plugin that says which installed Python
 //! libraries are safe in a profile, and which profile to advise.
+//!
+//! Owns the `compat-rules` bindings and the host's [`Finding`] types. Must
+//! not run interpreters: `python` detects, this only judges.
 
 use anyhow::Result;
 

@@ -1,6 +1,9 @@
 //! What every kind of policy component shares: compiling and linking it
 //! against the sandbox, and stores with the limits armed. Routers keep one
 //! warm instance (`router.rs`); rules get a fresh one per call (`rules.rs`).
+//!
+//! Must not bind any world's exports or decide what a fault means: each
+//! kind does that itself.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! Config rules: the plugin that judges a parsed [`Config`], and
 //! [`check_config`], which adds what parsing noted and the host's hard
 //! limits to its verdict.
+//!
+//! Owns the `config-rules` bindings. Must not parse TOML (that is `config`)
+//! or start anything.
 
 use anyhow::Result;
 

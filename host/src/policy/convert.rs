@@ -1,6 +1,8 @@
 //! Conversions between the rules worlds' WIT types and the host's own
 //! (`config`, `python`). `TryFrom` wherever a plugin's answer can break
 //! the contract; failing it is an `invalid_answer` fault.
+//!
+//! No other file outside the bindings names a rules world's generated type.
 
 use super::compat_rules::bindings::exports::pitboss::policy::compatibility as compat;
 use super::compat_rules::{Finding, Level, Recommendation};

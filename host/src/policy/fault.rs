@@ -1,5 +1,7 @@
 //! What can go wrong in a call into a policy component ([`PolicyFault`]),
 //! classified from the trap wasmtime reports, never from its text.
+//!
+//! Must not decide what happens after a fault: each policy kind does.
 
 use std::fmt;
 

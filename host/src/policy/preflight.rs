@@ -2,6 +2,8 @@
 //! the config rules (errors refuse the config, warnings are logged) and,
 //! for thread pools, the compat rules on the pool's interpreter (with
 //! `compat_enforce = "deny"`, an unsafe library refuses the pool).
+//!
+//! Must not start or stop pools: it only says whether the host may.
 
 use anyhow::{bail, Context, Result};
 

@@ -1,6 +1,9 @@
 //! The stateless policy kinds (config rules, compat rules): a component
 //! loaded once and instantiated afresh for every call, so no call sees
 //! what an earlier one left behind and a fault leaves nothing to clean up.
+//!
+//! Owns the instance-per-call lifecycle and [`RULES_LIMITS`]. Must not know
+//! a world's types: `config_rules.rs` and `compat_rules.rs` bind them.
 
 use std::sync::Arc;
 use std::time::Duration;
