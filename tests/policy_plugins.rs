@@ -2,7 +2,8 @@
 //! hostile plugins in tests/plugins, the optional hook, the compile cache
 //! and the swappable slot.
 
-use std::path::PathBuf;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,18 +12,8 @@ use pitboss::policy::{
     RequestView, RouterInstance, RouterPolicy, RouterSlot, WorkerState, WorkerView,
 };
 
-/// A test plugin built by `scripts/build-test-plugins` (the README's test
-/// command runs it).
 fn test_plugin(name: &str) -> PolicySource {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/plugins/wasm32-wasip2/plugin")
-        .join(format!("pitboss_test_{}.wasm", name.replace('-', "_")));
-    assert!(
-        path.exists(),
-        "test plugin {} is missing: build the test plugins with `scripts/build-test-plugins`",
-        path.display()
-    );
-    PolicySource::File(path)
+    PolicySource::File(support::test_plugin(name))
 }
 
 /// Limits under which no well-behaved call can run out of time or fuel,

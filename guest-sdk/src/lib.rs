@@ -1,6 +1,7 @@
-//! Write pitboss routing policies in plain Rust.
+//! Write pitboss policies in plain Rust: routers, config rules and
+//! compatibility rules.
 //!
-//! A policy is a WebAssembly component that the pitboss host asks, for every
+//! A routing policy is a WebAssembly component that the pitboss host asks, for every
 //! request, which Python worker should serve it. This crate hides the WIT
 //! contract (`pitboss:policy@0.1.0`): implement [`Router`], call
 //! [`export_router!`], and build with
@@ -37,6 +38,12 @@
 //! [`CompletionHook`] and exports with `export_router!(Policy, with_completion)`;
 //! the host calls `on_complete` only for plugins exported that way.
 //!
+//! The two other kinds of policy work the same way: implement
+//! [`ConfigRules`] and call [`export_config_rules!`] for the rules a site's
+//! configs must pass, or implement [`CompatRules`] and call
+//! [`export_compat_rules!`] for which Python libraries are safe in which
+//! profile.
+//!
 //! Sandbox: a policy has no filesystem, network, environment or arguments.
 //! Each call runs under a deadline, a fuel budget and a memory cap; what it
 //! prints goes to the host's log, rate-limited. A panic, a timeout or a
@@ -64,11 +71,36 @@ pub mod bindings {
             default_bindings_module: "pitboss_guest::bindings::completion_hook",
         });
     }
+    pub mod config_rules {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "config-rules",
+            pub_export_macro: true,
+            default_bindings_module: "pitboss_guest::bindings::config_rules",
+            with: { "pitboss:policy/types@0.1.0": crate::bindings::router::pitboss::policy::types },
+        });
+    }
+    pub mod compat_rules {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "compat-rules",
+            pub_export_macro: true,
+            default_bindings_module: "pitboss_guest::bindings::compat_rules",
+            with: { "pitboss:policy/types@0.1.0": crate::bindings::router::pitboss::policy::types },
+        });
+    }
 }
+
+mod rules;
 
 pub use bindings::router::pitboss::policy::types::{
     Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView,
 };
+pub use rules::{
+    CompatRules, ConfigRules, Diagnostic, Enforcement, ExtraSetting, Finding, HostConfig, HostSettings, Level,
+    Library, Machine, PoolSettings, PythonEnv, Recommendation, SettingValue, Severity,
+};
+pub use rules::normalize_name;
 
 /// A routing policy. One value lives per pool instance: `init` builds it,
 /// `route` is then called for every request of that pool.
@@ -228,6 +260,19 @@ macro_rules! export_router {
     };
 }
 
+/// Records the crate's name and version in the `pitboss-plugin` custom
+/// section, which the host shows in its logs. Every export macro uses it.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __plugin_section {
+    () => {
+        const PLUGIN_ID: &str = concat!(env!("CARGO_PKG_NAME"), "@", env!("CARGO_PKG_VERSION"));
+        #[used]
+        #[unsafe(link_section = "pitboss-plugin")]
+        static PLUGIN_SECTION: [u8; PLUGIN_ID.len()] = $crate::__private::bytes(PLUGIN_ID);
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_router_common {
@@ -236,10 +281,7 @@ macro_rules! __export_router_common {
 
         static POLICY: $crate::__private::PolicyCell<$policy> = $crate::__private::PolicyCell::new();
 
-        const PLUGIN_ID: &str = concat!(env!("CARGO_PKG_NAME"), "@", env!("CARGO_PKG_VERSION"));
-        #[used]
-        #[unsafe(link_section = "pitboss-plugin")]
-        static PLUGIN_SECTION: [u8; PLUGIN_ID.len()] = $crate::__private::bytes(PLUGIN_ID);
+        $crate::__plugin_section!();
 
         impl $crate::bindings::router::exports::pitboss::policy::routing::Guest for PitbossRouterExport {
             fn init(pool: $crate::PoolInfo) -> Result<(), $crate::__private::String> {

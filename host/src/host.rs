@@ -47,6 +47,7 @@ impl Host {
         fs::create_dir_all(&socket_dir).with_context(|| format!("cannot create {}", socket_dir.display()))?;
 
         let engine = PolicyEngine::new(config.host.policy_cache.clone())?;
+        policy::preflight(&engine, &config)?;
         let services = PoolServices {
             spawner: Spawner::start(tokio::runtime::Handle::current()).context("cannot start the worker spawner")?,
             records,

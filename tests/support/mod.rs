@@ -1,5 +1,5 @@
-//! Shared set-up for tests that run real Python workers: the project's
-//! virtualenv, the example adapter, and throwaway config files.
+//! Shared set-up for the integration tests: the project's virtualenv, the
+//! example adapter, throwaway config files and the test plugins.
 
 #![allow(dead_code)]
 
@@ -21,6 +21,20 @@ pub fn python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// A test plugin built by `scripts/build-test-plugins` (the README's test
+/// command runs it).
+pub fn test_plugin(name: &str) -> PathBuf {
+    let path = root()
+        .join("target/plugins/wasm32-wasip2/plugin")
+        .join(format!("pitboss_test_{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "test plugin {} is missing: build the test plugins with `scripts/build-test-plugins`",
+        path.display()
+    );
+    path
 }
 
 /// A config file in `dir` with one pool named `pool` running the example

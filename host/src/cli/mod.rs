@@ -9,6 +9,9 @@ use tracing_subscriber::EnvFilter;
 
 mod admin;
 mod call;
+mod check;
+mod doctor;
+mod output;
 mod plugin_test;
 mod serve;
 
@@ -31,6 +34,11 @@ enum Command {
     /// Recycle one worker of a running host: it drains, and a replacement
     /// takes its place.
     Recycle(admin::RecycleArgs),
+    /// Check a config: parsing and its config rules; exit 1 on any error.
+    Check(check::Args),
+    /// Check the machine for a config: interpreters, libraries against the
+    /// compat rules, the recommended profile, the run directory, plugins.
+    Doctor(doctor::Args),
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -62,6 +70,14 @@ pub fn main() -> ExitCode {
         Command::Recycle(args) => {
             init_logging("warn");
             admin::recycle(&args)
+        }
+        Command::Check(args) => {
+            init_logging("warn");
+            check::run(&args)
+        }
+        Command::Doctor(args) => {
+            init_logging("warn");
+            doctor::run(&args)
         }
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging("warn");

@@ -2,10 +2,17 @@
 //! table per pool, turned into a typed [`Config`] with defaults applied and
 //! relative paths resolved against the file's folder.
 //!
-//! Owns: parsing, units, defaults, the basic checks every config must pass,
-//! and choosing each pool's Python interpreter. Must not start, spawn or
-//! bind anything.
+//! Owns: parsing, types and units, defaults, the legacy single-pool form,
+//! choosing each pool's Python interpreter, and the host's hard limits
+//! ([`Config::hard_limits`]). Semantic rules (a size of 0, thread settings,
+//! timeouts, totals against the machine) belong to the config-rules plugin
+//! (`builtin:pool-rules` by default), which `policy` runs on a parsed
+//! [`Config`]. Keys the host does not know are kept as [`ExtraSetting`]s
+//! for those rules. Must not start, spawn or bind anything.
 
+mod diagnostic;
+mod invariants;
+mod read;
 mod units;
 
 use std::collections::BTreeMap;
@@ -14,9 +21,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::policy::PolicyLimits;
+pub use diagnostic::{Diagnostic, ExtraSetting, SettingValue, Severity};
+use read::Table;
 pub use units::{parse_duration, parse_size};
 
 /// A loaded, checked configuration.
@@ -26,6 +33,11 @@ pub struct Config {
     pub source: PathBuf,
     pub host: HostConfig,
     pub pools: Vec<PoolConfig>,
+    /// Top-level keys the host does not know.
+    pub extra: Vec<ExtraSetting>,
+    /// What parsing has to say about an accepted config (the legacy form's
+    /// conversion); the config rules add theirs.
+    pub notes: Vec<Diagnostic>,
 }
 
 #[derive(Clone, Debug)]
@@ -38,6 +50,23 @@ pub struct HostConfig {
     pub policy_cache: Option<PathBuf>,
     /// How long in-flight calls may run on after a shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// The config-rules plugin: `builtin:NAME` or a component path.
+    pub config_rules: String,
+    /// The compat-rules plugin: `builtin:NAME` or a component path.
+    pub compat_rules: String,
+    /// What `unsafe` compatibility findings do to a thread pool.
+    pub compat_enforce: Enforcement,
+    /// `[host]` keys the host does not know.
+    pub extra: Vec<ExtraSetting>,
+}
+
+/// What the host does with `unsafe` compatibility findings for a thread pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Log them and start the pool (the default).
+    Warn,
+    /// Refuse to start the pool.
+    Deny,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +102,8 @@ pub struct PoolConfig {
     /// Ask thread workers to watch for concurrent entry into unsafe tools.
     pub thread_safety_checks: bool,
     pub lifecycle: Lifecycle,
+    /// Keys of this pool's table the host does not know.
+    pub extra: Vec<ExtraSetting>,
 }
 
 /// When workers are retired and replaced, and how a pool starts.
@@ -123,14 +154,16 @@ pub enum Profile {
     Thread,
 }
 
-impl Profile {
-    fn parse(text: &str) -> Option<Profile> {
-        match text {
-            "process" => Some(Profile::Process),
-            "thread" => Some(Profile::Thread),
-            _ => None,
-        }
+impl HostConfig {
+    /// Where detected interpreter facts are cached: `python/` in the run
+    /// directory.
+    pub fn python_cache(&self) -> PathBuf {
+        self.run_dir.join("python")
     }
+}
+
+impl Profile {
+    const CHOICES: [(&str, Profile); 2] = [("process", Profile::Process), ("thread", Profile::Thread)];
 }
 
 impl fmt::Display for Profile {
@@ -159,14 +192,16 @@ impl fmt::Display for Interpreter {
 #[derive(Debug)]
 pub struct ConfigError {
     pub source: PathBuf,
-    pub problems: Vec<String>,
+    /// Every diagnostic, errors and notes alike.
+    pub problems: Vec<Diagnostic>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid config {}:", self.source.display())?;
         for problem in &self.problems {
-            write!(f, "\n  - {problem}")?;
+            let text = problem.to_string().replace('\n', "\n    ");
+            write!(f, "\n  {text}")?;
         }
         Ok(())
     }
@@ -174,307 +209,218 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    host: RawHost,
-    #[serde(default)]
-    pool: Vec<RawPool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawHost {
-    python: Option<PathBuf>,
-    run_dir: Option<PathBuf>,
-    api_address: Option<String>,
-    policy_cache: Option<PathBuf>,
-    shutdown_grace: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPool {
-    name: String,
-    profile: Option<String>,
-    size: Option<i64>,
-    adapter: String,
-    python: Option<PathBuf>,
-    #[serde(default)]
-    python_path: Vec<PathBuf>,
-    router: Option<String>,
-    #[serde(default)]
-    router_options: BTreeMap<String, String>,
-    #[serde(default)]
-    router_limits: RawRouterLimits,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default)]
-    args: Vec<String>,
-    startup_timeout: Option<String>,
-    request_timeout: Option<String>,
-    queue_limit: Option<i64>,
-    queue_timeout: Option<String>,
-    threads_per_worker: Option<i64>,
-    fallback_profile: Option<String>,
-    #[serde(default)]
-    thread_safety_checks: bool,
-    worker_ttl: Option<String>,
-    worker_max_requests: Option<i64>,
-    worker_max_rss: Option<String>,
-    recycle_jitter: Option<f64>,
-    max_concurrent_recycles: Option<i64>,
-    startup_batch_size: Option<i64>,
-    startup_batch_delay: Option<String>,
-    ping_interval: Option<String>,
-    max_missed_pings: Option<i64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRouterLimits {
-    call_deadline: Option<String>,
-    init_deadline: Option<String>,
-    fuel: Option<u64>,
-    max_memory: Option<String>,
-    log_lines_per_second: Option<u32>,
-}
-
 pub const DEFAULT_API_ADDRESS: &str = "127.0.0.1:50051";
 pub const DEFAULT_ROUTER: &str = "builtin:least-loaded";
+pub const DEFAULT_CONFIG_RULES: &str = "builtin:pool-rules";
+pub const DEFAULT_COMPAT_RULES: &str = "builtin:compat-rules";
+/// Name of the pool the legacy single-pool form becomes.
+pub const LEGACY_POOL: &str = "default";
+/// Top-level keys that mark Snakepit's legacy single-pool form.
+const LEGACY_KEYS: [&str; 2] = ["pool_size", "adapter"];
 
 impl Config {
-    /// Reads and checks the config file at `path`.
+    /// Reads and parses the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
             source: path.to_owned(),
-            problems: vec![format!("cannot read it: {err}")],
+            problems: vec![Diagnostic::error("", format!("cannot read it: {err}"))],
         })?;
         Config::parse(&text, path)
     }
 
     /// Parses config text as if it were the file `path` (relative paths
-    /// resolve against its folder).
+    /// resolve against its folder). Checks syntax, types and units and
+    /// reports every problem at once; the semantic rules run later
+    /// (`policy::check_config`).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError { source: path.to_owned(), problems };
-        let raw: RawConfig = toml::from_str(text).map_err(|err| fail(vec![describe_toml_error(&err)]))?;
+        let document: toml::Table =
+            text.parse().map_err(|err: toml::de::Error| fail(vec![Diagnostic::error("", err.to_string().trim_end())]))?;
         // Absolute, so that paths keep their meaning in workers, which run in
         // this folder.
         let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let base = std::path::absolute(folder)
-            .map_err(|err| fail(vec![format!("cannot resolve the config's folder: {err}")]))?;
-        let mut problems = Vec::new();
-        let host_python = raw.host.python.as_ref().map(|p| base.join(p));
-        let host = host_config(raw.host, &base, &mut problems);
-        if raw.pool.is_empty() {
-            problems.push("no pools: add at least one [[pool]] table with `name` and `adapter`".to_owned());
-        }
+            .map_err(|err| fail(vec![Diagnostic::error("", format!("cannot resolve the config's folder: {err}"))]))?;
+
+        let mut top = Table::new("", document);
+        let mut host_table = top.table("host");
+        let host_python = host_table.string("python").map(|p| base.join(p));
+        let host = host_config(&mut host_table, &base);
+        top.problems.append(&mut host_table.problems);
+
+        let mut notes = Vec::new();
         let mut pools = Vec::new();
-        let mut names = std::collections::BTreeSet::new();
-        for pool in raw.pool {
-            if !names.insert(pool.name.clone()) {
-                problems.push(format!("pool.{}: the name is used twice; pool names must be unique", pool.name));
-                continue;
+        match top.take("pool") {
+            Some(value) => {
+                for key in LEGACY_KEYS {
+                    if !top.has(key) {
+                        continue;
+                    }
+                    top.problem(key, "belongs to the legacy single-pool form, which cannot be mixed with [[pool]] tables; move it into a [[pool]] table");
+                    top.take(key);
+                }
+                for (index, table) in pool_tables(value, &mut top) {
+                    pools.push(read_pool(table, index, None, &base, host_python.as_deref(), &mut top.problems));
+                }
             }
-            if let Some(pool) = pool_config(pool, &base, host_python.as_deref(), &mut problems) {
-                pools.push(pool);
+            None if LEGACY_KEYS.iter().any(|key| top.has(key)) => {
+                notes.push(
+                    Diagnostic::info(
+                        format!("pool.{LEGACY_POOL}"),
+                        "the legacy single-pool form (top-level `pool_size`, `adapter`) became one process pool named \"default\"",
+                    )
+                    .with_hint("write it as a [[pool]] table with name = \"default\"; `pool_size` is `size` there"),
+                );
+                let rest = top.take_rest();
+                pools.push(read_pool(rest, 0, Some(LEGACY_POOL), &base, host_python.as_deref(), &mut top.problems));
             }
+            None => {}
         }
-        if problems.is_empty() {
-            Ok(Config { source: path.to_owned(), host, pools })
+        let extra = top.finish();
+        if top.problems.is_empty() {
+            Ok(Config { source: path.to_owned(), host, pools, extra, notes })
         } else {
-            Err(fail(problems))
+            Err(fail(top.problems))
         }
     }
 
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
     }
+
+    /// Values the host cannot act on whatever the config rules say (a pool
+    /// without workers, a zero ping interval...): the check that holds when
+    /// a site's rules are more lenient than the built-in ones.
+    pub fn hard_limits(&self) -> Vec<Diagnostic> {
+        invariants::hard_limits(self)
+    }
 }
 
-fn host_config(raw: RawHost, base: &Path, problems: &mut Vec<String>) -> HostConfig {
-    let api_text = raw.api_address.unwrap_or_else(|| DEFAULT_API_ADDRESS.to_owned());
+/// `[[pool]]` tables with their index; anything else is a problem.
+fn pool_tables(value: toml::Value, top: &mut Table) -> Vec<(usize, toml::Table)> {
+    let toml::Value::Array(items) = value else {
+        top.problem("pool", "must be [[pool]] tables");
+        return Vec::new();
+    };
+    let mut tables = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            toml::Value::Table(table) => tables.push((index, table)),
+            _ => top.problem(&format!("pool[{index}]"), "must be a table"),
+        }
+    }
+    tables
+}
+
+fn host_config(raw: &mut Table, base: &Path) -> HostConfig {
+    let api_text = raw.string("api_address").unwrap_or_else(|| DEFAULT_API_ADDRESS.to_owned());
     let api_address = api_text.parse().unwrap_or_else(|_| {
-        problems.push(format!("host.api_address: `{api_text}` is not an address; write e.g. \"{DEFAULT_API_ADDRESS}\""));
-        DEFAULT_API_ADDRESS.parse().unwrap()
+        raw.problem("api_address", format!("`{api_text}` is not an address; write e.g. \"{DEFAULT_API_ADDRESS}\""));
+        DEFAULT_API_ADDRESS.parse().expect("the default address parses")
     });
     HostConfig {
-        run_dir: raw.run_dir.map(|dir| base.join(dir)).unwrap_or_else(default_run_dir),
+        run_dir: raw.string("run_dir").map(|dir| base.join(dir)).unwrap_or_else(default_run_dir),
         api_address,
-        policy_cache: raw.policy_cache.map(|dir| base.join(dir)).or_else(crate::policy::PolicyEngine::default_cache_dir),
-        shutdown_grace: duration("host.shutdown_grace", raw.shutdown_grace, Duration::from_secs(10), problems),
+        policy_cache: raw.string("policy_cache").map(|dir| base.join(dir)).or_else(crate::policy::PolicyEngine::default_cache_dir),
+        shutdown_grace: raw.duration("shutdown_grace").unwrap_or(Duration::from_secs(10)),
+        config_rules: raw.string("config_rules").unwrap_or_else(|| DEFAULT_CONFIG_RULES.to_owned()),
+        compat_rules: raw.string("compat_rules").unwrap_or_else(|| DEFAULT_COMPAT_RULES.to_owned()),
+        compat_enforce: raw
+            .choice("compat_enforce", "an enforcement", &[("warn", Enforcement::Warn), ("deny", Enforcement::Deny)])
+            .unwrap_or(Enforcement::Warn),
+        extra: raw.finish(),
     }
 }
 
-fn pool_config(raw: RawPool, base: &Path, host_python: Option<&Path>, problems: &mut Vec<String>) -> Option<PoolConfig> {
-    let key = |field: &str| format!("pool.{}.{field}", raw.name);
-    let before = problems.len();
-    if raw.name.trim().is_empty() {
-        problems.push("pool.name: must not be empty".to_owned());
-    }
-    let profile = match raw.profile.as_deref().map(|text| (text, Profile::parse(text))) {
-        None => Profile::Process,
-        Some((_, Some(profile))) => profile,
-        Some((other, None)) => {
-            problems.push(format!("{}: `{other}` is not a profile; use \"process\" or \"thread\"", key("profile")));
-            Profile::Process
-        }
+/// One pool table, or the top level of the legacy form (`legacy` names the
+/// pool; its size is `pool_size`). Problems go to `problems`.
+fn read_pool(
+    entries: toml::Table,
+    index: usize,
+    legacy: Option<&str>,
+    base: &Path,
+    host_python: Option<&Path>,
+    problems: &mut Vec<Diagnostic>,
+) -> PoolConfig {
+    let written_name = match entries.get("name") {
+        Some(toml::Value::String(name)) if !name.is_empty() => Some(name.clone()),
+        _ => None,
     };
-    let size = bounded(&key("size"), raw.size, 1, i64::from(u16::MAX), problems).map_or_else(default_pool_size, |n| n as u32);
-    let threads_per_worker = match (profile, raw.threads_per_worker) {
-        (Profile::Process, Some(threads)) if threads != 1 => {
-            problems.push(format!(
-                "{}: a process pool serves one call per worker (got {threads}); set `profile = \"thread\"` or remove the key",
-                key("threads_per_worker")
-            ));
-            1
-        }
-        (Profile::Process, _) => 1,
-        (Profile::Thread, threads) => bounded(&key("threads_per_worker"), threads, 1, 1024, problems).map_or(4, |n| n as u32),
+    let label = match legacy.map(str::to_owned).or(written_name) {
+        Some(name) => format!("pool.{name}."),
+        None => format!("pool[{index}]."),
     };
-    let fallback_profile = match (profile, raw.fallback_profile.as_deref()) {
-        (_, None) => None,
-        (Profile::Thread, Some("process")) => Some(Profile::Process),
-        (Profile::Thread, Some(other)) => {
-            problems.push(format!("{}: `{other}` cannot be a fallback; the only one is \"process\"", key("fallback_profile")));
-            None
-        }
-        (Profile::Process, Some(_)) => {
-            problems.push(format!("{}: only thread pools fall back; remove the key", key("fallback_profile")));
-            None
-        }
-    };
-    let lifecycle = lifecycle(&raw, &key, problems);
-    if raw.adapter.trim().is_empty() {
-        problems.push(format!("{}: must name a module or module:Class", key("adapter")));
-    }
-    let queue_limit = match raw.queue_limit {
-        None => 1000,
-        Some(limit) if limit >= 0 => limit as usize,
-        Some(limit) => {
-            problems.push(format!("{}: must be 0 or more (got {limit})", key("queue_limit")));
-            0
-        }
-    };
-    let defaults = PolicyLimits::default();
-    let limits = raw.router_limits;
-    let router_limits = PolicyLimits {
-        call_deadline: duration(&key("router_limits.call_deadline"), limits.call_deadline, defaults.call_deadline, problems),
-        init_deadline: duration(&key("router_limits.init_deadline"), limits.init_deadline, defaults.init_deadline, problems),
-        fuel_per_call: limits.fuel.unwrap_or(defaults.fuel_per_call),
-        max_memory_bytes: match limits.max_memory.as_deref().map(parse_size) {
-            None => defaults.max_memory_bytes,
-            Some(Ok(bytes)) => usize::try_from(bytes).unwrap_or(usize::MAX),
-            Some(Err(err)) => {
-                problems.push(format!("{}: {err}", key("router_limits.max_memory")));
-                defaults.max_memory_bytes
+    let mut raw = Table::new(label, entries);
+    let name = match legacy {
+        Some(name) => name.to_owned(),
+        None => raw.string("name").unwrap_or_else(|| {
+            if raw.problems.is_empty() {
+                raw.problem("name", "is missing: every pool needs the name callers use");
             }
-        },
-        log_lines_per_second: limits.log_lines_per_second.unwrap_or(defaults.log_lines_per_second),
+            String::new()
+        }),
     };
-    let pool = PoolConfig {
+    let adapter = raw.string("adapter").unwrap_or_else(|| {
+        raw.problem("adapter", "is missing: name the Python module (or module:Class) the workers serve");
+        String::new()
+    });
+    let profile = raw.choice("profile", "a profile", &Profile::CHOICES).unwrap_or(Profile::Process);
+    let size = raw.count(if legacy.is_some() { "pool_size" } else { "size" }).unwrap_or_else(default_pool_size);
+    let threads_per_worker = raw.count("threads_per_worker").unwrap_or(match profile {
+        Profile::Process => 1,
+        Profile::Thread => 4,
+    });
+    let python = resolve_interpreter(raw.string("python").map(|p| base.join(p)).as_deref(), host_python);
+    let defaults = PolicyLimits::default();
+    let mut limits = raw.table("router_limits");
+    let router_limits = PolicyLimits {
+        call_deadline: limits.duration("call_deadline").unwrap_or(defaults.call_deadline),
+        init_deadline: limits.duration("init_deadline").unwrap_or(defaults.init_deadline),
+        fuel_per_call: limits.count("fuel").unwrap_or(defaults.fuel_per_call),
+        max_memory_bytes: limits.size("max_memory").map_or(defaults.max_memory_bytes, |b| usize::try_from(b).unwrap_or(usize::MAX)),
+        log_lines_per_second: limits.count("log_lines_per_second").unwrap_or(defaults.log_lines_per_second),
+    };
+    raw.absorb("router_limits", limits);
+    let mut pool = PoolConfig {
+        name,
         profile,
         size,
-        python: resolve_interpreter(raw.python.map(|p| base.join(p)).as_deref(), host_python),
-        python_path: raw.python_path.iter().map(|p| base.join(p)).collect(),
+        adapter,
+        python,
+        python_path: raw.strings("python_path").iter().map(|p| base.join(p)).collect(),
         working_dir: base.to_owned(),
-        router: raw.router.unwrap_or_else(|| DEFAULT_ROUTER.to_owned()),
-        router_options: raw.router_options,
+        router: raw.string("router").unwrap_or_else(|| DEFAULT_ROUTER.to_owned()),
+        router_options: raw.string_map("router_options"),
         router_limits,
-        env: raw.env,
-        args: raw.args,
-        startup_timeout: duration(&key("startup_timeout"), raw.startup_timeout, Duration::from_secs(30), problems),
-        request_timeout: duration(&key("request_timeout"), raw.request_timeout, Duration::from_secs(60), problems),
-        queue_limit,
-        queue_timeout: duration(&key("queue_timeout"), raw.queue_timeout, Duration::from_secs(30), problems),
+        env: raw.string_map("env"),
+        args: raw.strings("args"),
+        startup_timeout: raw.duration("startup_timeout").unwrap_or(Duration::from_secs(30)),
+        request_timeout: raw.duration("request_timeout").unwrap_or(Duration::from_secs(60)),
+        queue_limit: raw.count::<u64>("queue_limit").map_or(1000, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        queue_timeout: raw.duration("queue_timeout").unwrap_or(Duration::from_secs(30)),
         threads_per_worker,
-        fallback_profile,
-        thread_safety_checks: raw.thread_safety_checks,
-        lifecycle,
-        adapter: raw.adapter,
-        name: raw.name,
+        fallback_profile: raw.choice("fallback_profile", "a profile", &Profile::CHOICES),
+        thread_safety_checks: raw.boolean("thread_safety_checks").unwrap_or(false),
+        lifecycle: lifecycle(&mut raw),
+        extra: Vec::new(),
     };
-    (problems.len() == before).then_some(pool)
+    pool.extra = raw.finish();
+    problems.append(&mut raw.problems);
+    pool
 }
 
-fn lifecycle(raw: &RawPool, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) -> Lifecycle {
+fn lifecycle(raw: &mut Table) -> Lifecycle {
     let defaults = Lifecycle::default();
-    let worker_ttl = match raw.worker_ttl.as_deref() {
-        None | Some("never") => None,
-        Some(text) => Some(duration(&key("worker_ttl"), Some(text.to_owned()), Duration::MAX, problems)),
-    };
-    let worker_max_rss = match raw.worker_max_rss.as_deref().map(parse_size) {
-        None => None,
-        Some(Ok(bytes)) if bytes > 0 => Some(bytes),
-        Some(Ok(_)) => {
-            problems.push(format!("{}: must be more than zero; leave it out for no limit", key("worker_max_rss")));
-            None
-        }
-        Some(Err(err)) => {
-            problems.push(format!("{}: {err}; write e.g. \"1.5GiB\"", key("worker_max_rss")));
-            None
-        }
-    };
-    let recycle_jitter = match raw.recycle_jitter {
-        None => defaults.recycle_jitter,
-        Some(jitter) if (0.0..=0.5).contains(&jitter) => jitter,
-        Some(jitter) => {
-            problems.push(format!("{}: must be a fraction from 0 to 0.5 (got {jitter})", key("recycle_jitter")));
-            defaults.recycle_jitter
-        }
-    };
-    let startup_batch_delay = match raw.startup_batch_delay.as_deref().map(parse_duration) {
-        None => defaults.startup_batch_delay,
-        Some(Ok(delay)) => delay,
-        Some(Err(err)) => {
-            problems.push(format!("{}: {err}", key("startup_batch_delay")));
-            defaults.startup_batch_delay
-        }
-    };
-    let count = |name: &str, value: Option<i64>, max: u16, problems: &mut Vec<String>| {
-        bounded(&key(name), value, 1, i64::from(max), problems).map(|n| n as u32)
-    };
     Lifecycle {
-        worker_ttl,
-        worker_max_requests: bounded(&key("worker_max_requests"), raw.worker_max_requests, 1, i64::MAX, problems),
-        worker_max_rss,
-        recycle_jitter,
-        max_concurrent_recycles: count("max_concurrent_recycles", raw.max_concurrent_recycles, u16::MAX, problems)
-            .unwrap_or(defaults.max_concurrent_recycles),
-        startup_batch_size: count("startup_batch_size", raw.startup_batch_size, u16::MAX, problems)
-            .unwrap_or(defaults.startup_batch_size),
-        startup_batch_delay,
-        ping_interval: duration(&key("ping_interval"), raw.ping_interval.clone(), defaults.ping_interval, problems),
-        max_missed_pings: count("max_missed_pings", raw.max_missed_pings, 1000, problems)
-            .unwrap_or(defaults.max_missed_pings),
-    }
-}
-
-/// An integer key that must lie in `min..=max`; `None` when absent or wrong
-/// (the problem is recorded).
-fn bounded(key: &str, value: Option<i64>, min: i64, max: i64, problems: &mut Vec<String>) -> Option<u64> {
-    let value = value?;
-    if (min..=max).contains(&value) {
-        Some(value as u64)
-    } else {
-        problems.push(format!("{key}: must be between {min} and {max} (got {value})"));
-        None
-    }
-}
-
-fn duration(key: &str, text: Option<String>, default: Duration, problems: &mut Vec<String>) -> Duration {
-    match text.as_deref().map(parse_duration) {
-        None => default,
-        Some(Ok(value)) if !value.is_zero() => value,
-        Some(Ok(_)) => {
-            problems.push(format!("{key}: must be longer than zero"));
-            default
-        }
-        Some(Err(err)) => {
-            problems.push(format!("{key}: {err}"));
-            default
-        }
+        worker_ttl: raw.duration_or_never("worker_ttl"),
+        worker_max_requests: raw.count("worker_max_requests"),
+        worker_max_rss: raw.size("worker_max_rss"),
+        recycle_jitter: raw.float("recycle_jitter").unwrap_or(defaults.recycle_jitter),
+        max_concurrent_recycles: raw.count("max_concurrent_recycles").unwrap_or(defaults.max_concurrent_recycles),
+        startup_batch_size: raw.count("startup_batch_size").unwrap_or(defaults.startup_batch_size),
+        startup_batch_delay: raw.duration("startup_batch_delay").unwrap_or(defaults.startup_batch_delay),
+        ping_interval: raw.duration("ping_interval").unwrap_or(defaults.ping_interval),
+        max_missed_pings: raw.count("max_missed_pings").unwrap_or(defaults.max_missed_pings),
     }
 }
 
@@ -505,25 +451,6 @@ fn default_run_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => Path::new(&dir).join("pitboss"),
         None => std::env::temp_dir().join(format!("pitboss-{}", nix::unistd::getuid())),
-    }
-}
-
-/// The TOML error with its position, plus a did-you-mean for an unknown
-/// key that is close to a known one.
-fn describe_toml_error(err: &toml::de::Error) -> String {
-    let text = err.to_string();
-    let message = err.message();
-    let Some(rest) = message.strip_prefix("unknown field `") else { return text.trim_end().to_owned() };
-    let Some((unknown, expected)) = rest.split_once('`') else { return text.trim_end().to_owned() };
-    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    let closest = known
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(unknown, k), *k))
-        .min()
-        .filter(|(distance, k)| *distance <= 2.max(k.len() / 4));
-    match closest {
-        Some((_, suggestion)) => format!("{}\n    did you mean `{suggestion}`?", text.trim_end()),
-        None => text.trim_end().to_owned(),
     }
 }
 

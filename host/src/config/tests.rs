@@ -21,8 +21,10 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("/etc/pitboss/pitboss.toml"))
 }
 
+/// `severity field: message` of each problem parsing found.
 fn problems(text: &str) -> Vec<String> {
-    parse(text).expect_err("config must be refused").problems
+    let err = parse(text).expect_err("config must be refused");
+    err.problems.iter().map(|d| format!("{} {}: {}", d.severity, d.field, d.message)).collect()
 }
 
 #[test]
@@ -56,76 +58,10 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(pool.queue_timeout, Duration::from_secs(30));
     assert_eq!(pool.queue_limit, 1000);
     assert_eq!(pool.router_limits, PolicyLimits::default());
-}
-
-#[test]
-fn unknown_keys_are_errors_with_a_suggestion() {
-    let found = problems("[[pool]]\nname = \"p\"\nadapter = \"m\"\nsise = 2\n");
-    assert_eq!(found.len(), 1);
-    assert!(found[0].contains("unknown field `sise`"), "{found:?}");
-    assert!(found[0].contains("line 4"), "{found:?}");
-    assert!(found[0].contains("did you mean `size`?"), "{found:?}");
-
-    let found = problems("[host]\napi_adress = \"x\"\n[[pool]]\nname = \"p\"\nadapter = \"m\"\n");
-    assert!(found[0].contains("did you mean `api_address`?"), "{found:?}");
-
-    let found = problems("[[pool]]\nname = \"p\"\nadapter = \"m\"\nflavour = 2\n");
-    assert!(!found[0].contains("did you mean"), "nothing close: {found:?}");
-}
-
-#[test]
-fn every_problem_is_reported_at_once() {
-    let found = problems(
-        r#"
-[host]
-api_address = "nowhere"
-shutdown_grace = "10"
-
-[[pool]]
-name = "a"
-adapter = "m"
-size = 0
-profile = "fibre"
-request_timeout = "0s"
-queue_limit = -1
-
-[[pool]]
-name = "a"
-adapter = "m"
-
-[[pool]]
-name = "b"
-adapter = "m"
-queue_timeout = "soon"
-router_limits = { max_memory = "lots" }
-"#,
-    );
-    let expected = [
-        "host.api_address: `nowhere` is not an address",
-        "host.shutdown_grace: `10` has no unit",
-        "pool.a.profile: `fibre` is not a profile; use \"process\" or \"thread\"",
-        "pool.a.size: must be between 1 and 65535 (got 0)",
-        "pool.a.queue_limit: must be 0 or more (got -1)",
-        "pool.a.request_timeout: must be longer than zero",
-        "pool.a: the name is used twice",
-        "pool.b.router_limits.max_memory: `lots` does not start with a number",
-        "pool.b.queue_timeout: `soon` does not start with a number",
-    ];
-    for want in expected {
-        assert!(found.iter().any(|p| p.starts_with(want)), "missing {want:?} in {found:#?}");
-    }
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
-}
-
-#[test]
-fn structural_mistakes_name_the_key() {
-    let found = problems("[[pool]]\nname = \"p\"\n");
-    assert!(found[0].contains("missing field `adapter`"), "{found:?}");
-    let found = problems("[[pool]]\nname = \"p\"\nadapter = \"m\"\nsize = \"two\"\n");
-    assert!(found[0].contains("invalid type") && found[0].contains("size"), "{found:?}");
-    let found = problems("[[pool]\nname = \"p\"\n");
-    assert!(found[0].contains("line 1"), "{found:?}");
-    assert_eq!(problems(""), ["no pools: add at least one [[pool]] table with `name` and `adapter`"]);
+    assert_eq!(config.host.config_rules, DEFAULT_CONFIG_RULES);
+    assert_eq!(config.host.compat_rules, DEFAULT_COMPAT_RULES);
+    assert_eq!(config.host.compat_enforce, Enforcement::Warn);
+    assert!(config.notes.is_empty() && config.extra.is_empty() && pool.extra.is_empty());
 }
 
 #[test]
@@ -204,50 +140,138 @@ max_missed_pings = 5
     assert_eq!(thread.pools[0].threads_per_worker, 4);
 }
 
+
 #[test]
-fn bad_thread_and_lifecycle_keys_are_all_reported() {
+fn unknown_keys_are_kept_for_the_rules_with_the_closest_known_key() {
+    let config = parse(
+        "bogus = 1\n[host]\napi_adress = \"x\"\n[[pool]]\nname = \"p\"\nadapter = \"m\"\nsise = 2\nflavour = [1]\nrouter_limits = { fule = 5 }\n",
+    )
+    .unwrap();
+    let keys = |extra: &[ExtraSetting]| -> Vec<(String, Option<String>)> {
+        extra.iter().map(|e| (e.key.clone(), e.closest_known.clone())).collect()
+    };
+    assert_eq!(keys(&config.extra), [("bogus".to_owned(), None)]);
+    assert_eq!(keys(&config.host.extra), [("api_adress".to_owned(), Some("api_address".to_owned()))]);
+    assert_eq!(
+        keys(&config.pools[0].extra),
+        [
+            ("router_limits.fule".to_owned(), Some("fuel".to_owned())),
+            ("flavour".to_owned(), None),
+            ("sise".to_owned(), Some("size".to_owned())),
+        ]
+    );
+    assert_eq!(config.pools[0].extra[1].value, SettingValue::Toml("[1]".to_owned()));
+    assert_eq!(config.pools[0].extra[2].value, SettingValue::Integer(2));
+}
+
+#[test]
+fn every_type_and_unit_problem_is_reported_at_once() {
     let found = problems(
         r#"
-[[pool]]
-name = "p"
-adapter = "m"
-threads_per_worker = 4
-fallback_profile = "process"
-worker_ttl = "soon"
-worker_max_requests = 0
-worker_max_rss = "0MiB"
-recycle_jitter = 0.9
-max_concurrent_recycles = 0
-startup_batch_size = -1
-startup_batch_delay = "x"
-ping_interval = "0s"
-max_missed_pings = 0
+[host]
+api_address = "nowhere"
+shutdown_grace = "10"
+compat_enforce = "strict"
 
 [[pool]]
-name = "t"
+name = "a"
 adapter = "m"
-profile = "thread"
-threads_per_worker = 0
-fallback_profile = "thread"
+size = -1
+profile = "fibre"
+request_timeout = 30
+queue_limit = "many"
+env = { OMP_NUM_THREADS = 2 }
+
+[[pool]]
+adapter = "m"
+
+[[pool]]
+name = "b"
+queue_timeout = "soon"
+router_limits = { max_memory = "lots" }
+worker_ttl = "forever"
 "#,
     );
     let expected = [
-        "pool.p.threads_per_worker: a process pool serves one call per worker (got 4)",
-        "pool.p.fallback_profile: only thread pools fall back",
-        "pool.p.worker_ttl: `soon` does not start with a number",
-        "pool.p.worker_max_rss: must be more than zero",
-        "pool.p.recycle_jitter: must be a fraction from 0 to 0.5 (got 0.9)",
-        "pool.p.startup_batch_delay: `x` does not start with a number",
-        "pool.p.worker_max_requests: must be between 1 and",
-        "pool.p.max_concurrent_recycles: must be between 1 and 65535 (got 0)",
-        "pool.p.startup_batch_size: must be between 1 and 65535 (got -1)",
-        "pool.p.ping_interval: must be longer than zero",
-        "pool.p.max_missed_pings: must be between 1 and 1000 (got 0)",
-        "pool.t.threads_per_worker: must be between 1 and 1024 (got 0)",
-        "pool.t.fallback_profile: `thread` cannot be a fallback",
+        "error host.api_address: `nowhere` is not an address; write e.g. \"127.0.0.1:50051\"",
+        "error host.shutdown_grace: `10` has no unit: write e.g. \"10s\" or \"10ms\"",
+        "error host.compat_enforce: `strict` is not an enforcement; use \"warn\" or \"deny\"",
+        "error pool.a.profile: `fibre` is not a profile; use \"process\" or \"thread\"",
+        "error pool.a.size: must be a whole number from 0 to 4294967295 (got -1)",
+        "error pool.a.env: must be a table of strings, e.g. { NAME = \"value\" } (got a table)",
+        "error pool.a.request_timeout: must be a duration such as \"30s\" (got 30)",
+        "error pool.a.queue_limit: must be a whole number from 0 to 9223372036854775807 (got \"many\")",
+        "error pool[1].name: is missing: every pool needs the name callers use",
+        "error pool.b.adapter: is missing: name the Python module (or module:Class) the workers serve",
+        "error pool.b.router_limits.max_memory: `lots` does not start with a number",
+        "error pool.b.queue_timeout: `soon` does not start with a number",
+        "error pool.b.worker_ttl: `forever` does not start with a number",
     ];
-    for want in expected {
-        assert!(found.iter().any(|p| p.starts_with(want)), "missing {want:?} in {found:#?}");
-    }
-    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn syntax_errors_give_the_position() {
+    let found = problems("[[pool]\nname = \"p\"\n");
+    assert!(found[0].contains("line 1"), "{found:?}");
+}
+
+#[test]
+fn semantic_problems_are_left_to_the_rules() {
+    let config = parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\nsize = 0\nthreads_per_worker = 4\nrequest_timeout = \"0s\"\n").unwrap();
+    assert_eq!((config.pools[0].size, config.pools[0].threads_per_worker), (0, 4));
+    assert!(parse("").unwrap().pools.is_empty());
+}
+
+#[test]
+fn the_legacy_single_pool_form_becomes_pool_default() {
+    let config = parse("pool_size = 3\nadapter = \"m:C\"\nsise = 1\n[host]\nrun_dir = \"run\"\n").unwrap();
+    assert_eq!(config.pools.len(), 1);
+    let pool = &config.pools[0];
+    assert_eq!((pool.name.as_str(), pool.size, pool.profile, pool.adapter.as_str()), ("default", 3, Profile::Process, "m:C"));
+    assert_eq!(pool.extra[0].key, "sise");
+    let notes: Vec<(Severity, &str)> = config.notes.iter().map(|d| (d.severity, d.field.as_str())).collect();
+    assert_eq!(notes, [(Severity::Info, "pool.default")]);
+
+    let mixed = problems("adapter = \"m\"\n[[pool]]\nname = \"p\"\nadapter = \"m\"\n");
+    assert_eq!(mixed.len(), 1);
+    assert!(mixed[0].starts_with("error adapter: belongs to the legacy single-pool form"), "{mixed:?}");
+}
+
+#[test]
+fn hard_limits_hold_whatever_the_rules_say() {
+    let config = parse(
+        r#"
+[[pool]]
+name = "a"
+adapter = "m"
+size = 0
+threads_per_worker = 2
+ping_interval = "0s"
+recycle_jitter = 1.5
+startup_batch_size = 0
+
+[[pool]]
+name = "a"
+adapter = " "
+profile = "thread"
+fallback_profile = "thread"
+"#,
+    )
+    .unwrap();
+    let fields: Vec<String> = config.hard_limits().into_iter().map(|d| d.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "pool.a.size",
+            "pool.a.threads_per_worker",
+            "pool.a.ping_interval",
+            "pool.a.startup_batch_size",
+            "pool.a.recycle_jitter",
+            "pool.a.name",
+            "pool.a.adapter",
+            "pool.a.fallback_profile",
+        ]
+    );
+    assert!(parse(GOOD).unwrap().hard_limits().is_empty());
 }

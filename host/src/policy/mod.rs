@@ -5,19 +5,29 @@
 //! cache, WASI linker with no capabilities), loaded [`RouterPolicy`]
 //! versions, the per-pool [`RouterSlot`] a new version is published
 //! through, and [`RouterInstance`], the warm instance a pool's dispatcher
-//! owns and calls for every request.
+//! owns and calls for every request. Also the two stateless kinds:
+//! [`ConfigRules`] (which configs a site accepts; [`check_config`]) and
+//! [`CompatRules`] (which Python libraries are safe in which profile), and
+//! the [`preflight`] that [`crate::Host`] runs before starting pools.
 //!
 //! Must not touch: worker processes, queues or sockets. A pool hands in
 //! snapshots ([`WorkerView`], [`RequestView`]) and gets a [`Decision`] back;
 //! what happens next is the pool's business.
 
+mod compat_rules;
+mod component;
+mod config_rules;
 pub mod contract;
+mod convert;
 mod engine;
+mod fault;
 mod guest_log;
 mod limits;
 mod meta;
 mod native;
+mod preflight;
 mod router;
+mod rules;
 mod slot;
 mod source;
 
@@ -26,8 +36,11 @@ pub use limits::PolicyLimits;
 pub use meta::PluginMeta;
 pub use native::least_loaded as native_least_loaded;
 pub use contract::{Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView};
-pub use router::{
-    FaultKind, PolicyFault, Routed, RouterInstance, RouterPolicy, RouterStats, RouterStatsSnapshot,
-};
+pub use compat_rules::{CompatRules, Finding, Level, Recommendation};
+pub use config_rules::{check_config, ConfigRules};
+pub use fault::{FaultKind, PolicyFault};
+pub use preflight::preflight;
+pub use router::{Routed, RouterInstance, RouterPolicy, RouterStats, RouterStatsSnapshot};
+pub use rules::RULES_LIMITS;
 pub use slot::RouterSlot;
-pub use source::{PolicySource, BUILTIN_ROUTERS};
+pub use source::{PolicySource, BUILTIN_COMPAT_RULES, BUILTIN_CONFIG_RULES, BUILTIN_ROUTERS};

@@ -2,16 +2,17 @@
 //! pool's dispatcher calls for every request, with fault handling and the
 //! native fallback.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use wasmtime::component::{HasSelf, InstancePre, Linker};
-use wasmtime::{Store, Trap};
+use wasmtime::Store;
 
-use super::engine::{PolicyEngine, PolicyState, EPOCH_TICK};
+use super::component::{self, arm};
+use super::engine::{PolicyEngine, PolicyState};
+use super::fault::{FaultKind, PolicyFault};
 use super::guest_log::LogCounters;
 use super::limits::PolicyLimits;
 use super::meta::PluginMeta;
@@ -61,11 +62,7 @@ impl RouterPolicy {
     }
 
     fn from_bytes(engine: &PolicyEngine, label: String, wasm: &[u8], limits: PolicyLimits) -> Result<Arc<Self>> {
-        let meta = PluginMeta::of(wasm);
-        let compiled = engine.compile(wasm, &meta.sha256)?;
-        let pre = engine.linker().instantiate_pre(&compiled.component).map_err(|err| {
-            anyhow!("{err:#}\nA policy may import only WASI 0.2 and pitboss:policy@0.1.0; build it with pitboss-guest")
-        })?;
+        let component::Linked { meta, pre, from_cache } = component::link(engine, wasm)?;
         let routing = routing::GuestIndices::new(&pre).map_err(|err| {
             anyhow!("{err:#}\nThe component is not a router: export it with `pitboss_guest::export_router!`")
         })?;
@@ -78,7 +75,7 @@ impl RouterPolicy {
             pre,
             routing,
             completion,
-            from_cache: compiled.from_cache,
+            from_cache,
         };
         // Instantiating once proves the exports have the contract's types, so
         // a plugin built against another version fails here, not per request.
@@ -125,10 +122,7 @@ impl RouterPolicy {
     /// under the init limits; `init` not yet called.
     fn bind(&self, stats: &RouterStats) -> Result<Live, PolicyFault> {
         stats.rebuilds.fetch_add(1, Ordering::Relaxed);
-        let state = PolicyState::new(&self.label, &self.limits, stats.log.clone());
-        let mut store = Store::new(self.engine.engine(), state);
-        store.limiter(|state| &mut state.memory);
-        arm(&mut store, self.limits.init_deadline, self.limits.fuel_per_call);
+        let mut store = component::store(&self.engine, &self.label, &self.limits, stats.log.clone());
         let bound = self.pre.instantiate(&mut store).and_then(|instance| {
             let routing = self.routing.load(&mut store, &instance)?;
             let completion = self.completion.as_ref().map(|hook| hook.load(&mut store, &instance)).transpose()?;
@@ -141,101 +135,11 @@ impl RouterPolicy {
     }
 }
 
-/// Re-arms the per-call limits: a store's epoch deadline and fuel are
-/// consumed by each call, and a fresh store's deadline is already due.
-fn arm(store: &mut Store<PolicyState>, deadline: Duration, fuel: u64) {
-    let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) + 1;
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-    store.set_fuel(fuel).expect("fuel metering is enabled on the policy engine");
-    store.data_mut().memory.refused = false;
-}
-
 /// A live instance with its store and bound exports.
 struct Live {
     store: Store<PolicyState>,
     routing: routing::Guest,
     completion: Option<completion::Guest>,
-}
-
-/// What went wrong in a policy call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FaultKind {
-    /// The guest trapped (a panic, `unreachable`, a bad memory access...).
-    Trap,
-    /// The call outlived its wall-clock deadline.
-    Deadline,
-    /// The call used up its fuel (instruction budget).
-    FuelExhausted,
-    /// The guest tried to grow memory past its cap.
-    OutOfMemory,
-    /// The guest overflowed its stack (deep recursion).
-    StackOverflow,
-    /// The decision named a worker that is unknown, full, starting or
-    /// draining.
-    InvalidDecision,
-    /// `init` returned an error: the policy refuses this pool.
-    InitRejected,
-}
-
-impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
-        FaultKind::Trap,
-        FaultKind::Deadline,
-        FaultKind::FuelExhausted,
-        FaultKind::OutOfMemory,
-        FaultKind::StackOverflow,
-        FaultKind::InvalidDecision,
-        FaultKind::InitRejected,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultKind::Trap => "trap",
-            FaultKind::Deadline => "deadline",
-            FaultKind::FuelExhausted => "fuel_exhausted",
-            FaultKind::OutOfMemory => "out_of_memory",
-            FaultKind::StackOverflow => "stack_overflow",
-            FaultKind::InvalidDecision => "invalid_decision",
-            FaultKind::InitRejected => "init_rejected",
-        }
-    }
-}
-
-impl fmt::Display for FaultKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A fault with its explanation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyFault {
-    pub kind: FaultKind,
-    pub detail: String,
-}
-
-impl PolicyFault {
-    fn from_call(err: &wasmtime::Error, store: &Store<PolicyState>, during: &str) -> Self {
-        let kind = if store.data().memory.refused {
-            FaultKind::OutOfMemory
-        } else {
-            match err.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => FaultKind::Deadline,
-                Some(Trap::OutOfFuel) => FaultKind::FuelExhausted,
-                Some(Trap::StackOverflow) => FaultKind::StackOverflow,
-                _ => FaultKind::Trap,
-            }
-        };
-        let mut detail = format!("during {during}: {err:#}");
-        detail.truncate(detail.floor_char_boundary(2000));
-        PolicyFault { kind, detail }
-    }
-}
-
-impl fmt::Display for PolicyFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.detail)
-    }
 }
 
 /// The outcome of one routing call.

@@ -28,6 +28,20 @@ pub static BUILTIN_ROUTERS: &[BuiltinPlugin] = &[
     },
 ];
 
+/// The built-in config rules.
+pub static BUILTIN_CONFIG_RULES: &[BuiltinPlugin] = &[BuiltinPlugin {
+    name: "pool-rules",
+    summary: "every semantic rule of a pitboss config (the default)",
+    wasm: include_bytes!(concat!(env!("OUT_DIR"), "/pitboss_plugin_pool_rules.wasm")),
+}];
+
+/// The built-in compatibility rules.
+pub static BUILTIN_COMPAT_RULES: &[BuiltinPlugin] = &[BuiltinPlugin {
+    name: "compat-rules",
+    summary: "the thread-safety matrix of common Python libraries (the default)",
+    wasm: include_bytes!(concat!(env!("OUT_DIR"), "/pitboss_plugin_compat_rules.wasm")),
+}];
+
 const BUILTIN_PREFIX: &str = "builtin:";
 
 /// A policy reference as written in config or on the command line.
@@ -38,19 +52,26 @@ pub enum PolicySource {
 }
 
 impl PolicySource {
-    /// Parses `builtin:NAME` or a path to a `.wasm` component.
+    /// Parses a router reference: `builtin:NAME` or a path to a `.wasm`
+    /// component.
     pub fn parse(spec: &str) -> Result<Self> {
+        Self::parse_from(spec, BUILTIN_ROUTERS)
+    }
+
+    /// Parses `builtin:NAME`, one of `builtins`, or a path to a `.wasm`
+    /// component.
+    pub fn parse_from(spec: &str, builtins: &'static [BuiltinPlugin]) -> Result<Self> {
         let Some(name) = spec.strip_prefix(BUILTIN_PREFIX) else {
             if spec.is_empty() {
                 bail!("empty policy reference: give `builtin:NAME` or a path to a .wasm component");
             }
             return Ok(PolicySource::File(PathBuf::from(spec)));
         };
-        match BUILTIN_ROUTERS.iter().find(|b| b.name == name) {
+        match builtins.iter().find(|b| b.name == name) {
             Some(builtin) => Ok(PolicySource::Builtin(builtin)),
             None => {
                 let known: Vec<String> =
-                    BUILTIN_ROUTERS.iter().map(|b| format!("{BUILTIN_PREFIX}{}", b.name)).collect();
+                    builtins.iter().map(|b| format!("{BUILTIN_PREFIX}{}", b.name)).collect();
                 bail!("unknown built-in policy `{spec}`: the built-ins are {}", known.join(", "))
             }
         }
