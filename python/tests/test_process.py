@@ -13,13 +13,14 @@ import pytest
 
 import pitboss_worker
 from pitboss_worker import protocol as P
-from worker_harness import TIMEOUT, Answer, Host, wait_until, worker_command, worker_env
+from worker_harness import TIMEOUT, Answer, Host, run_every_call_path, wait_until, worker_command, worker_env
 
 SAMPLE_TOOLS = sorted(
     [
         "add", "echo", "other-name", "setup_count", "reverse", "as_bytearray", "as_memoryview",
-        "nothing", "numbers", "fail_custom", "type_error_inside", "unencodable", "spin", "sleep",
-        "sleep_marked", "modules", "module_files", "pid", "exit_worker", "static_tool", "class-tool",
+        "nothing", "numbers", "fail_custom", "type_error_inside", "unencodable", "spin", "burn",
+        "gil_enabled", "sleep", "sleep_marked", "modules", "module_files", "pid", "exit_worker",
+        "static_tool", "class-tool",
     ]
 )
 
@@ -384,24 +385,8 @@ def test_calls_import_nothing_new(host):
     importing a module after start."""
     host.start_ready()
     before = host.roundtrip(1, "modules").value
-    host.roundtrip(2, "add", {"a": 1, "b": 2})
-    host.roundtrip(3, "reverse", raw=b"ab")
-    host.roundtrip(4, "as_memoryview", {"text": "x"})
-    host.roundtrip(5, "fail_custom", {"message": "m"})
-    host.roundtrip(6, "type_error_inside", {"x": 1})
-    host.roundtrip(7, "add", {"a": 1})
-    host.roundtrip(8, "add", raw=b"\xff")
-    host.send_call_frame(P.CALL, 9, P.encode_call_body("add", P.CONTENT_JSON, b"{bad"))
-    host.answer()
-    host.roundtrip(10, "unencodable")
-    host.roundtrip(11, "nope")
-    host.roundtrip(12, "nothing", content_type=9)
-    host.send_call_frame(0x42, 13)
-    host.answer()
-    host.send_control(0x42, 13)
-    host.read()
-
-    after = host.roundtrip(14, "modules").value
+    run_every_call_path(host)
+    after = host.roundtrip(2, "modules").value
     assert sorted(set(after) - set(before)) == []
 
 

@@ -31,6 +31,8 @@ def short_tmpdir():
 
 def worker_env():
     env = dict(os.environ)
+    # The tests check what the worker itself does to the GIL, not a forced setting.
+    env.pop("PYTHON_GIL", None)
     paths = [PACKAGE_PARENT]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
@@ -239,3 +241,26 @@ class Host:
         ans = self.answer()
         assert ans.request_id == request_id
         return ans
+
+
+def run_every_call_path(host, first_id=1000):
+    """Drive a sample_tools:Sample worker through every path of a call:
+    JSON and raw results, each error kind, frames on the wrong connection."""
+    ids = iter(range(first_id, first_id + 100))
+    host.roundtrip(next(ids), "add", {"a": 1, "b": 2})
+    host.roundtrip(next(ids), "reverse", raw=b"ab")
+    host.roundtrip(next(ids), "as_memoryview", {"text": "x"})
+    host.roundtrip(next(ids), "fail_custom", {"message": "m"})
+    host.roundtrip(next(ids), "type_error_inside", {"x": 1})
+    host.roundtrip(next(ids), "add", {"a": 1})
+    host.roundtrip(next(ids), "add", raw=b"\xff")
+    host.send_call_frame(P.CALL, next(ids), P.encode_call_body("add", P.CONTENT_JSON, b"{bad"))
+    host.answer()
+    host.roundtrip(next(ids), "unencodable")
+    host.roundtrip(next(ids), "nope")
+    host.roundtrip(next(ids), "nothing", content_type=9)
+    host.send_call_frame(0x42, next(ids))
+    host.answer()
+    host.send_control(0x42, next(ids))
+    host.read()
+    host.ping(next(ids))

@@ -78,6 +78,21 @@ class Sample(Adapter):
         return n
 
     @tool
+    def burn(self, n):
+        """A fixed amount of pure-Python work: its wall-clock window
+        (time.monotonic) and the CPU time its thread spent on it."""
+        start, cpu = time.monotonic(), time.thread_time()
+        x = 0
+        for i in range(n):
+            x = (x * 31 + i) % 1000003
+        return {"start": start, "end": time.monotonic(), "cpu": time.thread_time() - cpu}
+
+    @tool
+    def gil_enabled(self):
+        probe = getattr(sys, "_is_gil_enabled", None)
+        return True if probe is None else probe()
+
+    @tool
     def sleep(self, seconds):
         time.sleep(seconds)
         return seconds
