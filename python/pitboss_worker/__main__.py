@@ -1,5 +1,3 @@
-import sys
-
 from .cli import console_main
 
 console_main()

@@ -1,7 +1,6 @@
 """python -m pitboss_worker --adapter SPEC --socket PATH [--threads N] [--path DIR]... [--thread-safety-checks]"""
 
 import argparse
-import os
 import socket
 import sys
 import traceback

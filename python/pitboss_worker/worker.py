@@ -48,7 +48,6 @@ from .protocol import (
     PROTOCOL_VERSION,
     SHUTDOWN,
     FrameReader,
-    FrameTooLarge,
     ProtocolError,
     decode_call_body,
     encode_frame,
@@ -205,9 +204,12 @@ class Worker:
         the SHUTDOWN frame still works)."""
         self._install_signal_handlers()
         self._send(self._control, HELLO, 0, encode_json_text(self._facts).encode("utf-8"))
-        threading.Thread(target=self._guard(self._signal_loop), name="pitboss-signals", daemon=True).start()
-        threading.Thread(target=self._guard(self._control_loop), name="pitboss-protocol", daemon=True).start()
-        threading.Thread(target=self._guard(self._watch_call_connection), name="pitboss-call-watch", daemon=True).start()
+        for loop, name in (
+            (self._signal_loop, "pitboss-signals"),
+            (self._control_loop, "pitboss-protocol"),
+            (self._watch_call_connection, "pitboss-call-watch"),
+        ):
+            threading.Thread(target=self._guard(loop), name=name, daemon=True).start()
         executors = []
         for i in range(1, self._threads):
             t = threading.Thread(target=self._guard(self._executor_loop), name="pitboss-executor-%d" % i, daemon=True)

@@ -13,7 +13,7 @@ import pytest
 
 import pitboss_worker
 from pitboss_worker import protocol as P
-from worker_harness import TIMEOUT, Answer, Host, run_every_call_path, wait_until, worker_command, worker_env
+from worker_harness import TIMEOUT, Answer, run_every_call_path, wait_until, worker_command, worker_env
 
 SAMPLE_TOOLS = sorted(
     [
