@@ -137,9 +137,10 @@ fn log_flood_is_rate_limited_and_stopped() {
 #[test]
 fn builtins_route_as_documented() {
     let workers = workers();
-    // Ready with room: 0 (served 10) and 4 (served 6); 3 is full.
+    // Ready with room: 0 (served 10) and 4 (served 6), both idle; 3 is
+    // full. Equally loaded: the lowest id, however much it served.
     let mut least = router(&PolicySource::parse("builtin:least-loaded").unwrap(), only_faults_stop_it());
-    assert_eq!(least.route(&request("x"), &workers).decision, Decision::Worker(4));
+    assert_eq!(least.route(&request("x"), &workers).decision, Decision::Worker(0));
 
     let mut round = router(&PolicySource::parse("builtin:round-robin").unwrap(), only_faults_stop_it());
     let picks: Vec<Decision> = (0..4).map(|_| round.route(&request("x"), &workers).decision).collect();

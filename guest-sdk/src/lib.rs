@@ -139,15 +139,15 @@ pub fn compare_load(a: &WorkerView, b: &WorkerView) -> Ordering {
 }
 
 /// The worker with spare capacity and the lowest load; among equally loaded
-/// workers the one that has served the fewest calls (so idle workers take
-/// turns), then the lowest id. `None` when every worker is busy, starting
-/// or draining.
+/// workers the lowest id. Under light load the same few workers then stay
+/// warm (awake, with hot caches) while the rest sleep, instead of every
+/// call waking a worker that idled since its last turn. `None` when every
+/// worker is busy, starting or draining.
 pub fn least_loaded(workers: &[WorkerView]) -> Option<&WorkerView> {
-    workers.iter().filter(|w| has_spare_capacity(w)).min_by(|a, b| {
-        compare_load(a, b)
-            .then(a.served.cmp(&b.served))
-            .then(a.id.cmp(&b.id))
-    })
+    workers
+        .iter()
+        .filter(|w| has_spare_capacity(w))
+        .min_by(|a, b| compare_load(a, b).then(a.id.cmp(&b.id)))
 }
 
 /// The least-loaded rule as a decision: `Worker` for [`least_loaded`]'s
@@ -310,18 +310,18 @@ mod tests {
     }
 
     #[test]
-    fn least_loaded_compares_fractions_then_served_then_id() {
+    fn least_loaded_compares_fractions_then_id() {
         let workers = [
             worker(0, 1, 2, 0, WorkerState::Ready),    // 1/2
-            worker(1, 1, 4, 9, WorkerState::Ready),    // 1/4, served 9
-            worker(2, 2, 8, 3, WorkerState::Ready),    // 1/4, served 3
+            worker(1, 2, 8, 3, WorkerState::Ready),    // 1/4, served 3
+            worker(2, 1, 4, 9, WorkerState::Ready),    // 1/4, served 9
             worker(3, 0, 1, 0, WorkerState::Draining), // idle but draining
             worker(4, 0, 1, 0, WorkerState::Starting), // idle but starting
         ];
-        assert_eq!(least_loaded(&workers).map(|w| w.id), Some(2));
+        assert_eq!(least_loaded(&workers).map(|w| w.id), Some(1));
 
-        let tied = [worker(5, 0, 1, 4, WorkerState::Ready), worker(6, 0, 1, 4, WorkerState::Ready)];
-        assert_eq!(least_loaded(&tied).map(|w| w.id), Some(5));
+        let tied = [worker(6, 0, 1, 0, WorkerState::Ready), worker(5, 0, 1, 40, WorkerState::Ready)];
+        assert_eq!(least_loaded(&tied).map(|w| w.id), Some(5), "served calls do not matter");
     }
 
     #[test]

@@ -10,6 +10,7 @@ from .adapter import AdapterError, load_adapter
 from .dispatch import Dispatcher, warm_up
 from .threadcheck import CheckingDispatcher, ThreadSafetyChecker
 from .worker import (
+    DEFAULT_CALL_SPIN_US,
     EXIT_ADAPTER,
     EXIT_CONNECT,
     Worker,
@@ -19,14 +20,21 @@ from .worker import (
 )
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not an integer" % (text,)) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1, got %d" % value)
-    return value
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not an integer" % (text,)) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError("must be at least %d, got %d" % (minimum, value))
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def build_parser():
@@ -49,6 +57,9 @@ def build_parser():
     parser.add_argument("--thread-safety-checks", action="store_true",
                         help="warn (stderr) when a tool not marked thread-safe runs on two threads at once, "
                         "and about loaded modules known to be unsafe to share across threads")
+    parser.add_argument("--call-spin-us", type=_non_negative_int, default=DEFAULT_CALL_SPIN_US, metavar="US",
+                        help="after a call, poll the call connection this many microseconds before sleeping "
+                             "(default %(default)s; 0 sleeps at once and burns no CPU)")
     parser.add_argument("--version", action="version", version="pitboss-worker " + __version__)
     return parser
 
@@ -102,7 +113,8 @@ def main(argv=None):
         dispatcher = Dispatcher(loaded.tools)
     warm_up()
     facts = worker_facts(args.adapter, dispatcher.tool_names, args.threads, loaded.thread_safe, unsafe_modules)
-    status = Worker(control_sock, call_sock, dispatcher, facts, threads=args.threads).serve()
+    status = Worker(control_sock, call_sock, dispatcher, facts, threads=args.threads,
+                    call_spin_us=args.call_spin_us).serve()
     for sock in connections:
         try:
             sock.close()

@@ -232,12 +232,27 @@ def test_cannot_connect_exits_5(host):
 
 @pytest.mark.parametrize(
     "args,complaint",
-    [(["--adapter", "x"], "--socket"), (["--adapter", "x", "--socket", "s", "--threads", "0"], "--threads")],
+    [
+        (["--adapter", "x"], "--socket"),
+        (["--adapter", "x", "--socket", "s", "--threads", "0"], "--threads"),
+        (["--adapter", "x", "--socket", "s", "--call-spin-us", "-1"], "--call-spin-us"),
+    ],
 )
 def test_usage_error_exits_2(host, args, complaint):
     host.start(command=[sys.executable, "-m", "pitboss_worker"] + args)
     assert host.wait_exit() == 2
     assert complaint in host.stderr()
+
+
+@pytest.mark.parametrize("spin", ["0", "5000"])
+def test_calls_in_a_row_are_answered_with_or_without_polling(host, spin):
+    host.start_ready(extra=["--call-spin-us", spin])
+    for request_id in range(1, 6):
+        answer = host.roundtrip(request_id, "echo", {"n": request_id})
+        assert (answer.request_id, answer.value) == (request_id, {"n": request_id})
+    # An idle gap longer than the polling: the worker sleeps, then wakes.
+    time.sleep(0.05)
+    assert host.roundtrip(6, "echo", {"n": 6}).value == {"n": 6}
 
 
 def _control_error(host):

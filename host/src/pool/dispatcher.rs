@@ -4,7 +4,7 @@
 //! recycling by age, calls or memory, and replacement.
 
 use std::time::{Duration, Instant};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
@@ -33,7 +33,7 @@ const MAX_HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
 
 pub(super) enum Event {
     Submit { request: CallRequest, reply: oneshot::Sender<Result<CallOutput, CallError>> },
-    Finished { worker: u32, tool: String, ok: bool, latency: Duration, timed_out: bool },
+    Finished { worker: u32, request_id: u64, deadline: Instant, tool: String, ok: bool, latency: Duration, timed_out: bool },
     Started { id: u32, outcome: Result<WorkerHandle, StartError> },
     Exited(WorkerExit),
     Replace,
@@ -122,6 +122,8 @@ struct Dispatcher {
     workers: Vec<Worker>,
     views: Vec<WorkerView>,
     queue: VecDeque<Queued>,
+    /// Calls in flight by deadline: (deadline, request id, worker id).
+    call_deadlines: BTreeSet<(Instant, u64, u32)>,
     /// Tools the workers announced, once one is ready.
     tools: Option<Vec<String>>,
     next_worker_id: u32,
@@ -178,6 +180,7 @@ pub(super) fn spawn(
         workers: Vec::new(),
         views: Vec::new(),
         queue: VecDeque::new(),
+        call_deadlines: BTreeSet::new(),
         tools: None,
         next_worker_id: 0,
         next_request_id: 1,
@@ -202,6 +205,7 @@ impl Dispatcher {
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let queue_deadline = self.queue.front().map(|q| q.deadline);
+            let call_deadline = self.call_deadlines.first().map(|(deadline, _, _)| *deadline);
             let shutdown_deadline = match &self.shutdown {
                 Some((Shutdown::Draining { until }, _)) => Some(*until),
                 Some((Shutdown::Stopping { next, .. }, _)) => Some(*next),
@@ -215,6 +219,10 @@ impl Dispatcher {
                 Some(exit) = exits.recv() => Event::Exited(exit),
                 _ = housekeeping.tick() => {
                     self.housekeeping();
+                    continue;
+                }
+                _ = sleep_until(call_deadline.unwrap_or_else(far_future).into()), if call_deadline.is_some() => {
+                    self.expire_calls();
                     continue;
                 }
                 _ = sleep_until(queue_deadline.unwrap_or_else(far_future).into()), if queue_deadline.is_some() => {
@@ -240,7 +248,10 @@ impl Dispatcher {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Submit { request, reply } => self.submit(request, reply),
-            Event::Finished { worker, tool, ok, latency, timed_out } => self.finished(worker, &tool, ok, latency, timed_out),
+            Event::Finished { worker, request_id, deadline, tool, ok, latency, timed_out } => {
+                self.call_deadlines.remove(&(deadline, request_id, worker));
+                self.finished(worker, &tool, ok, latency, timed_out);
+            }
             Event::Started { id, outcome } => self.started(id, outcome),
             Event::Exited(exit) => self.exited(exit),
             Event::Replace => {
@@ -369,35 +380,36 @@ impl Dispatcher {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let Queued { request, reply, .. } = queued;
-        let (answer_tx, answer) = oneshot::channel();
-        handle.call(request_id, &request.tool, request.content_type, request.payload, answer_tx);
-
         let timeout = request.timeout.unwrap_or(self.config.request_timeout);
+        let started = Instant::now();
+        let deadline = started + timeout;
+        self.call_deadlines.insert((deadline, request_id, worker_id));
         let events = self.events.clone();
-        let tool = request.tool;
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let outcome = tokio::time::timeout(timeout, answer).await;
+        let tool = request.tool.clone();
+        // Runs where the outcome is learnt: the connection's reader, the
+        // worker's driver, or `expire_calls` (Abandoned).
+        let on_answer = Box::new(move |outcome| {
             let duration = started.elapsed();
             let (result, timed_out) = match outcome {
-                Ok(Ok(CallOutcome::Done { content_type, payload })) => {
+                CallOutcome::Done { content_type, payload } => {
                     (Ok(CallOutput { payload, content_type, worker: worker_id, duration }), false)
                 }
-                Ok(Ok(CallOutcome::Failed(error))) => (Err(CallError::from_worker(error)), false),
-                Ok(Ok(CallOutcome::Crashed(how))) => {
+                CallOutcome::Failed(error) => (Err(CallError::from_worker(error)), false),
+                CallOutcome::Crashed(how) => {
                     (Err(CallError::new(ErrorKind::WorkerCrashed, format!("the worker crashed: {how}"))), false)
                 }
-                Ok(Err(_)) => (Err(CallError::new(ErrorKind::WorkerCrashed, "the worker went away")), false),
-                Err(_) => {
+                CallOutcome::Abandoned => {
                     let message = format!("no answer within {timeout:?}; the worker was stopped and is being replaced");
                     (Err(CallError::new(ErrorKind::Timeout, message)), true)
                 }
             };
             // The pool hears first, so a caller who asks for the pool's
             // status after its answer never sees its call still in flight.
-            notify(&events, Event::Finished { worker: worker_id, tool, ok: result.is_ok(), latency: duration, timed_out });
+            let ok = result.is_ok();
+            notify(&events, Event::Finished { worker: worker_id, request_id, deadline, tool, ok, latency: duration, timed_out });
             let _ = reply.send(result);
         });
+        handle.call(request_id, &request.tool, request.content_type, request.payload, on_answer);
         if used_up {
             self.retire(worker_id, Reason::MaxRequests);
         } else if nearly_used_up {
@@ -859,6 +871,22 @@ impl Dispatcher {
             tokio::time::sleep(delay).await;
             notify(&events, Event::Replace);
         });
+    }
+
+    /// Gives up on calls past their request timeout: each caller gets a
+    /// timeout error, and the `Finished` event that follows retires the
+    /// worker. A call that ended meanwhile is left alone.
+    fn expire_calls(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, request_id, worker_id)) = self.call_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.call_deadlines.pop_first();
+            if let Some(handle) = self.workers.iter().find(|w| w.id == worker_id).and_then(|w| w.handle.as_ref()) {
+                handle.abandon(request_id);
+            }
+        }
     }
 
     fn expire_queue(&mut self) {

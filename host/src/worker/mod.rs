@@ -25,11 +25,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 pub use protocol::{ContentType, Hello, WorkerError};
 use protocol::{read_frame, Frame, PROTOCOL_VERSION};
@@ -72,7 +72,15 @@ pub enum CallOutcome {
     Failed(WorkerError),
     /// The worker died before answering; says how.
     Crashed(String),
+    /// The caller stopped waiting ([`WorkerHandle::abandon`]); a late
+    /// answer is dropped.
+    Abandoned,
 }
+
+/// What to do with a call's outcome. It runs on the task that learns the
+/// outcome (the connection's reader, the driver, or whoever abandons the
+/// call), exactly once.
+pub type OnAnswer = Box<dyn FnOnce(CallOutcome) + Send>;
 
 /// A worker process that has gone.
 #[derive(Debug)]
@@ -86,7 +94,7 @@ pub struct WorkerExit {
 /// them, and its driver fails the rest when the process is gone.
 #[derive(Default)]
 struct Pending {
-    calls: HashMap<u64, oneshot::Sender<CallOutcome>>,
+    calls: HashMap<u64, OnAnswer>,
     /// Set once the worker is gone: how it ended.
     gone: Option<String>,
 }
@@ -97,18 +105,19 @@ fn lock(pending: &SharedPending) -> std::sync::MutexGuard<'_, Pending> {
     pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The pool's handle to a ready worker. Calls go straight to the socket's
-/// writer and answers straight from its reader to the caller: no task in
-/// between on the hot path.
+/// The pool's handle to a ready worker. Calls go straight onto the socket
+/// (through the writer task only when the socket is backed up) and answers
+/// straight from its reader to the caller: no task in between on the hot
+/// path.
 pub struct WorkerHandle {
     pub id: u32,
     pub pid: u32,
     pub hello: Hello,
     pending: SharedPending,
     /// Frames for the call connection.
-    calls: mpsc::UnboundedSender<Bytes>,
+    calls: FrameWriter,
     /// Frames for the control connection.
-    control: mpsc::UnboundedSender<Bytes>,
+    control: FrameWriter,
     /// The id of the last PONG the worker sent.
     last_pong: Arc<AtomicU64>,
     /// Closing it (dropping the handle) or sending on it kills the worker.
@@ -116,13 +125,13 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Sends a call; the outcome arrives on `reply`. If the worker is gone
-    /// the reply is `Crashed` at once.
-    pub fn call(&self, id: u64, tool: &str, content_type: ContentType, payload: Bytes, reply: oneshot::Sender<CallOutcome>) {
+    /// Sends a call; `on_answer` gets its outcome. If the worker is gone it
+    /// gets `Crashed` at once.
+    pub fn call(&self, id: u64, tool: &str, content_type: ContentType, payload: Bytes, on_answer: OnAnswer) {
         let frame = match (Frame::Call { id, tool: tool.to_owned(), content_type, payload }).encode() {
             Ok(frame) => frame,
             Err(err) => {
-                let _ = reply.send(CallOutcome::Failed(WorkerError {
+                on_answer(CallOutcome::Failed(WorkerError {
                     kind: "bad_payload".into(),
                     python_type: None,
                     message: err.to_string(),
@@ -132,20 +141,34 @@ impl WorkerHandle {
             }
         };
         let mut pending = lock(&self.pending);
-        if let Some(how) = &pending.gone {
-            let _ = reply.send(CallOutcome::Crashed(how.clone()));
+        if let Some(how) = pending.gone.clone() {
+            drop(pending);
+            on_answer(CallOutcome::Crashed(how));
             return;
         }
-        pending.calls.insert(id, reply);
+        pending.calls.insert(id, on_answer);
         drop(pending);
-        // If the writer has stopped, the process is going: the driver fails
-        // the call once it has its exit status.
-        let _ = self.calls.send(frame);
+        // If the connection is broken, the process is going: the driver
+        // fails the call once it has its exit status.
+        self.calls.send(frame);
+    }
+
+    /// Stops waiting for call `id`: its [`OnAnswer`] gets `Abandoned` now,
+    /// unless the call already ended (then `false`).
+    pub fn abandon(&self, id: u64) -> bool {
+        let taken = lock(&self.pending).calls.remove(&id);
+        match taken {
+            Some(on_answer) => {
+                on_answer(CallOutcome::Abandoned);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Sends PING `sequence`; [`Self::last_pong`] shows when it was answered.
     pub fn ping(&self, sequence: u64) {
-        let _ = self.control.send(Frame::Ping { id: sequence }.encode().expect("a ping frame encodes"));
+        self.control.send(Frame::Ping { id: sequence }.encode().expect("a ping frame encodes"));
     }
 
     /// The sequence number of the last PING the worker answered (0 before any).
@@ -173,7 +196,7 @@ impl WorkerHandle {
 
     /// Asks the worker to finish its calls and exit.
     pub fn shutdown(&self) {
-        let _ = self.control.send(Frame::Shutdown.encode().expect("the shutdown frame encodes"));
+        self.control.send(Frame::Shutdown.encode().expect("the shutdown frame encodes"));
     }
 }
 
@@ -411,7 +434,7 @@ impl Driver {
         connections: Connections,
         pending: SharedPending,
         last_pong: Arc<AtomicU64>,
-    ) -> (mpsc::UnboundedSender<Bytes>, mpsc::UnboundedSender<Bytes>, mpsc::Receiver<Option<std::io::Error>>) {
+    ) -> (FrameWriter, FrameWriter, mpsc::Receiver<Option<std::io::Error>>) {
         let Connections { mut control_reader, control_writer, call } = connections;
         let (call_read, call_writer) = call.into_split();
         let mut call_reader = BufReader::new(call_read);
@@ -432,10 +455,11 @@ impl Driver {
                     Ok(None) => break None,
                     Err(err) => break Some(err),
                 };
-                // An answer to a call nobody waits for any more (it timed
-                // out) is dropped here.
-                if let Some(reply) = lock(&pending).calls.remove(&call) {
-                    let _ = reply.send(outcome);
+                // An answer to a call nobody waits for any more (it was
+                // abandoned) is dropped here.
+                let on_answer = lock(&pending).calls.remove(&call);
+                if let Some(on_answer) = on_answer {
+                    on_answer(outcome);
                 }
             };
             let _ = closed_by_calls.send(ended).await;
@@ -458,7 +482,7 @@ impl Driver {
             };
             let _ = closed_tx.send(ended).await;
         });
-        (spawn_writer(call_writer), spawn_writer(control_writer), closed)
+        (FrameWriter::new(call_writer), FrameWriter::new(control_writer), closed)
     }
 
     /// Waits for the process to end (killing it when asked, or when its
@@ -506,24 +530,107 @@ impl Driver {
             pending.gone = Some(how.clone());
             pending.calls.drain().map(|(_, reply)| reply).collect()
         };
-        for reply in held {
-            let _ = reply.send(CallOutcome::Crashed(how.clone()));
+        for on_answer in held {
+            on_answer(CallOutcome::Crashed(how.clone()));
         }
         self.records.remove(self.pid);
         let _ = self.exits.send(WorkerExit { id: self.id, status });
     }
 }
 
-/// The task that writes one connection's frames, in order, until the
-/// connection breaks or every sender is gone.
-fn spawn_writer(mut writer: OwnedWriteHalf) -> mpsc::UnboundedSender<Bytes> {
-    let (frames, mut to_write) = mpsc::unbounded_channel::<Bytes>();
-    tokio::spawn(async move {
-        while let Some(frame) = to_write.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                break;
+/// Writes one connection's frames in order. A frame goes straight onto the
+/// socket from the sending task when the socket takes it whole; otherwise
+/// it, and every frame after it until the backlog is written, goes through
+/// a writer task. That keeps a task hand-off off the hot path.
+#[derive(Clone)]
+struct FrameWriter(Arc<WriterShared>);
+
+struct WriterShared {
+    socket: OwnedWriteHalf,
+    /// Frames for the writer task; while it has any, every frame goes there.
+    backlog: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    /// Set once a write failed: the connection is gone.
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl FrameWriter {
+    fn new(socket: OwnedWriteHalf) -> Self {
+        FrameWriter(Arc::new(WriterShared {
+            socket,
+            backlog: Mutex::new(None),
+            broken: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// Writes `frame`, or queues it behind the backlog. Frames after a
+    /// failed write are dropped: the process is going, and its driver
+    /// fails the calls it held.
+    fn send(&self, frame: Bytes) {
+        let shared = &self.0;
+        if shared.broken.load(Ordering::Acquire) {
+            return;
+        }
+        let mut backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = backlog.as_ref() {
+            let _ = queue.send(frame);
+            return;
+        }
+        let mut written = 0;
+        while written < frame.len() {
+            match shared.socket.try_write(&frame[written..]) {
+                Ok(n) => written += n,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    shared.broken.store(true, Ordering::Release);
+                    return;
+                }
             }
         }
-    });
-    frames
+        if written < frame.len() {
+            let (queue, frames) = mpsc::unbounded_channel();
+            let _ = queue.send(frame.slice(written..));
+            *backlog = Some(queue);
+            tokio::spawn(drain_backlog(self.0.clone(), frames));
+        }
+    }
+}
+
+/// Writes queued frames until none are left, then hands writing back to
+/// the senders. The backlog lock makes "none left" and "hand back" one
+/// step, so no frame can slip in between and be written out of order.
+async fn drain_backlog(shared: Arc<WriterShared>, mut frames: mpsc::UnboundedReceiver<Bytes>) {
+    loop {
+        let frame = match frames.try_recv() {
+            Ok(frame) => frame,
+            Err(_) => {
+                let mut backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
+                match frames.try_recv() {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        *backlog = None;
+                        return;
+                    }
+                }
+            }
+        };
+        if write_all(&shared.socket, &frame).await.is_err() {
+            shared.broken.store(true, Ordering::Release);
+            *shared.backlog.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
+    }
+}
+
+/// `write_all` on a shared write half: wait until writable, then write
+/// without blocking, until the frame is out.
+async fn write_all(socket: &OwnedWriteHalf, mut frame: &[u8]) -> std::io::Result<()> {
+    while !frame.is_empty() {
+        socket.as_ref().writable().await?;
+        match socket.try_write(frame) {
+            Ok(n) => frame = &frame[n..],
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! `builtin:least-loaded`, pitboss's default router: the ready worker with
-//! the lowest in-flight/capacity; idle workers take turns (fewest served
-//! first); `queue` when every worker is full, starting or draining.
+//! the lowest in-flight/capacity, the lowest id among equals (so light load
+//! keeps the same workers warm); `queue` when every worker is full,
+//! starting or draining.
 
 use pitboss_guest::{Decision, PoolInfo, RequestView, Router, WorkerView};
 
