@@ -147,9 +147,9 @@ fn main() {
         row("1 process worker", &process, 0);
         ratio("thread / process throughput", thread.per_second / process.per_second, "≥ 12");
 
-        println!("GIL-releasing numpy matmul(300), BLAS threads 1, 2 callers");
-        let (thread, _, _) = measure(&stock, "size = 1\nprofile = \"thread\"\nthreads_per_worker = 2", "matmul", r#"{"n":300}"#, 2, 200 * scale).await;
-        let (process, _, _) = measure(&stock, "size = 1", "matmul", r#"{"n":300}"#, 2, 200 * scale).await;
+        println!("GIL-releasing numpy matmul(500), BLAS threads 1, 2 callers");
+        let (thread, _, _) = measure(&stock, "size = 1\nprofile = \"thread\"\nthreads_per_worker = 2", "matmul", r#"{"n":500}"#, 2, 200 * scale).await;
+        let (process, _, _) = measure(&stock, "size = 1", "matmul", r#"{"n":500}"#, 2, 200 * scale).await;
         row("1 thread worker × 2 threads", &thread, 0);
         row("1 process worker", &process, 0);
         ratio("thread / process throughput", thread.per_second / process.per_second, "≥ 1.6");

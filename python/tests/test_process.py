@@ -255,6 +255,14 @@ def test_calls_in_a_row_are_answered_with_or_without_polling(host, spin):
     assert host.roundtrip(6, "echo", {"n": 6}).value == {"n": 6}
 
 
+def test_the_adapter_loads_before_any_worker_thread_starts(host):
+    # On a free-threaded 3.13 only what exists when the first thread starts
+    # is immortalized; the adapter's functions must be among it, or every
+    # call pays for contended reference counts.
+    host.start_ready(adapter="import_probe:Probe")
+    assert host.roundtrip(1, "threads_before_serving").value == [1, 1]
+
+
 def _control_error(host):
     frame = host.read()
     assert frame.kind == P.ERROR, "expected ERROR on the control connection, got %s" % P.kind_name(frame.kind)
