@@ -986,10 +986,11 @@ impl Dispatcher {
     }
 }
 
-/// How many calls before its limit a worker's successor starts: a tenth of
-/// the limit, at least one.
+/// How many calls before its limit a worker's successor starts: a quarter
+/// of the limit, at least one, so that a busy worker's successor has
+/// imported its adapter by the time the old one stops taking calls.
 fn prestart_lead(max_requests: u64) -> u64 {
-    (max_requests / 10).max(1)
+    (max_requests / 4).max(1)
 }
 
 fn request_view(request: &CallRequest) -> RequestView {
