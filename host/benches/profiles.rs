@@ -104,18 +104,45 @@ async fn total_rss(host: &Host) -> u64 {
         .sum()
 }
 
-/// Starts a pool, warms it up, measures, and stops it. Returns the load's
-/// figures, the workers' total RSS after it, and the workers started to
-/// replace others during it.
-async fn measure(python: &Path, settings: &str, tool: &str, args: &str, callers: usize, calls: usize) -> (Load, u64, u64) {
-    let (_dir, host) = start_pool(python, settings).await;
-    load(&host, tool, args, callers, callers * 2).await;
-    let before = host.status().await[0].restarts;
-    let figures = load(&host, tool, args, callers, calls).await;
-    let rss = total_rss(&host).await;
-    let replaced = host.status().await[0].restarts - before;
-    host.shutdown().await;
-    (figures, rss, replaced)
+/// One tool called by a fixed number of callers, each back to back.
+struct Workload<'a> {
+    python: &'a Path,
+    tool: &'a str,
+    args: &'a str,
+    callers: usize,
+}
+
+/// A workload's figures on one pool.
+struct Measured {
+    load: Load,
+    /// The workers' total RSS after the load.
+    rss: u64,
+    /// Workers started to replace others during the load.
+    replaced: u64,
+}
+
+impl Workload<'_> {
+    /// Starts a pool with `settings`, warms it up, runs `calls` calls, and
+    /// stops it.
+    async fn measure(&self, settings: &str, calls: usize) -> Measured {
+        let (_dir, host) = start_pool(self.python, settings).await;
+        load(&host, self.tool, self.args, self.callers, self.callers * 2).await;
+        let before = host.status().await[0].restarts;
+        let figures = load(&host, self.tool, self.args, self.callers, calls).await;
+        let rss = total_rss(&host).await;
+        let replaced = host.status().await[0].restarts - before;
+        host.shutdown().await;
+        Measured { load: figures, rss, replaced }
+    }
+
+    /// One thread worker with `threads` threads against one process worker.
+    async fn thread_against_process(&self, threads: usize, thread_calls: usize, process_calls: usize, target: &str) {
+        let thread = self.measure(&format!("size = 1\nprofile = \"thread\"\nthreads_per_worker = {threads}"), thread_calls).await;
+        let process = self.measure("size = 1", process_calls).await;
+        row(&format!("1 thread worker × {threads} threads"), &thread.load, 0);
+        row("1 process worker", &process.load, 0);
+        ratio("thread / process throughput", thread.load.per_second / process.load.per_second, target);
+    }
 }
 
 fn row(label: &str, load: &Load, rss: u64) {
@@ -141,44 +168,40 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         println!("I/O-bound sleep(0.02), 16 callers");
-        let (thread, _, _) = measure(&stock, "size = 1\nprofile = \"thread\"\nthreads_per_worker = 16", "sleep", r#"{"seconds":0.02}"#, 16, 640 * scale).await;
-        let (process, _, _) = measure(&stock, "size = 1", "sleep", r#"{"seconds":0.02}"#, 16, 64 * scale).await;
-        row("1 thread worker × 16 threads", &thread, 0);
-        row("1 process worker", &process, 0);
-        ratio("thread / process throughput", thread.per_second / process.per_second, "≥ 12");
+        let io = Workload { python: &stock, tool: "sleep", args: r#"{"seconds":0.02}"#, callers: 16 };
+        io.thread_against_process(16, 640 * scale, 64 * scale, "≥ 12").await;
 
         println!("GIL-releasing numpy matmul(500), BLAS threads 1, 2 callers");
-        let (thread, _, _) = measure(&stock, "size = 1\nprofile = \"thread\"\nthreads_per_worker = 2", "matmul", r#"{"n":500}"#, 2, 200 * scale).await;
-        let (process, _, _) = measure(&stock, "size = 1", "matmul", r#"{"n":500}"#, 2, 200 * scale).await;
-        row("1 thread worker × 2 threads", &thread, 0);
-        row("1 process worker", &process, 0);
-        ratio("thread / process throughput", thread.per_second / process.per_second, "≥ 1.6");
+        let numpy = Workload { python: &stock, tool: "matmul", args: r#"{"n":500}"#, callers: 2 };
+        numpy.thread_against_process(2, 200 * scale, 200 * scale, "≥ 1.6").await;
 
         println!("CPU-bound pure Python fib(22) on free-threaded CPython 3.13t, 2 callers");
-        let (thread, thread_rss, _) = measure(&free_threaded, "size = 1\nprofile = \"thread\"\nthreads_per_worker = 2", "fib", r#"{"n":22}"#, 2, 100 * scale).await;
-        let (one, _, _) = measure(&free_threaded, "size = 1", "fib", r#"{"n":22}"#, 2, 100 * scale).await;
-        let (two, two_rss, _) = measure(&free_threaded, "size = 2", "fib", r#"{"n":22}"#, 2, 100 * scale).await;
-        row("1 thread worker × 2 threads", &thread, thread_rss);
-        row("1 process worker", &one, 0);
-        row("2 process workers", &two, two_rss);
-        ratio("thread / 1 process throughput", thread.per_second / one.per_second, "≥ 1.6");
-        ratio("thread / 2 process throughput", thread.per_second / two.per_second, "≥ 0.85");
-        ratio("thread / 2 process total RSS", thread_rss as f64 / two_rss as f64, "≤ 0.6");
+        let cpu = Workload { python: &free_threaded, tool: "fib", args: r#"{"n":22}"#, callers: 2 };
+        let thread = cpu.measure("size = 1\nprofile = \"thread\"\nthreads_per_worker = 2", 100 * scale).await;
+        let one = cpu.measure("size = 1", 100 * scale).await;
+        let two = cpu.measure("size = 2", 100 * scale).await;
+        row("1 thread worker × 2 threads", &thread.load, thread.rss);
+        row("1 process worker", &one.load, 0);
+        row("2 process workers", &two.load, two.rss);
+        ratio("thread / 1 process throughput", thread.load.per_second / one.load.per_second, "≥ 1.6");
+        ratio("thread / 2 process throughput", thread.load.per_second / two.load.per_second, "≥ 0.85");
+        ratio("thread / 2 process total RSS", thread.rss as f64 / two.rss as f64, "≤ 0.6");
 
         println!("Memory: same adapter, 16 calls in flight capacity, after warm-up");
-        let (thread, thread_rss, _) = measure(&stock, "size = 1\nprofile = \"thread\"\nthreads_per_worker = 16", "noop", "{}", 16, 160).await;
-        let (process, process_rss, _) = measure(&stock, "size = 16\nstartup_batch_size = 4", "noop", "{}", 16, 160).await;
-        row("1 thread worker × 16 threads", &thread, thread_rss);
-        row("16 process workers", &process, process_rss);
-        ratio("thread / process total RSS", thread_rss as f64 / process_rss as f64, "≤ 0.2");
+        let idle = Workload { python: &stock, tool: "noop", args: "{}", callers: 16 };
+        let thread = idle.measure("size = 1\nprofile = \"thread\"\nthreads_per_worker = 16", 160).await;
+        let process = idle.measure("size = 16\nstartup_batch_size = 4", 160).await;
+        row("1 thread worker × 16 threads", &thread.load, thread.rss);
+        row("16 process workers", &process.load, process.rss);
+        ratio("thread / process total RSS", thread.rss as f64 / process.rss as f64, "≤ 0.2");
 
         println!("Recycling under load: 2 process workers, sleep(0.005), 4 callers");
-        let calls = 2000 * scale;
-        let (steady, _, _) = measure(&stock, "size = 2", "sleep", r#"{"seconds":0.005}"#, 4, calls).await;
-        let (recycling, _, recycled) = measure(&stock, "size = 2\nworker_max_requests = 100", "sleep", r#"{"seconds":0.005}"#, 4, calls).await;
-        row("no recycling", &steady, 0);
-        row("worker_max_requests = 100", &recycling, 0);
-        println!("  ({recycled} workers recycled during the measured load)");
-        ratio("recycling / steady throughput", recycling.per_second / steady.per_second, "≥ 0.9, zero failures");
+        let busy = Workload { python: &stock, tool: "sleep", args: r#"{"seconds":0.005}"#, callers: 4 };
+        let steady = busy.measure("size = 2", 2000 * scale).await;
+        let recycling = busy.measure("size = 2\nworker_max_requests = 100", 2000 * scale).await;
+        row("no recycling", &steady.load, 0);
+        row("worker_max_requests = 100", &recycling.load, 0);
+        println!("  ({} workers recycled during the measured load)", recycling.replaced);
+        ratio("recycling / steady throughput", recycling.load.per_second / steady.load.per_second, "≥ 0.9, zero failures");
     });
 }
