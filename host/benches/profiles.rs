@@ -11,8 +11,8 @@
 //! Prints throughput, p99 and the ratios against each issue-4 target; no
 //! assertion (machines are shared and noisy).
 //!
-//! Run: `cargo bench -p pitboss --bench profiles` after `scripts/python-env`
-//! (which makes `.venv`, with numpy, and `.venv-ft` on CPython 3.13t).
+//! Run: `cargo bench -p pitboss --bench profiles` after
+//! `scripts/python-env --free-threaded` (`.venv` with numpy, and `.venv-ft` on CPython 3.13t).
 //! `PITBOSS_BENCH_SCALE` multiplies the calls per figure (default 1).
 
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ fn root() -> PathBuf {
 
 fn interpreter(venv: &str) -> PathBuf {
     let python = root().join(venv).join("bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/python-env first", python.display());
+    assert!(python.exists(), "{} is missing: run scripts/python-env --free-threaded first", python.display());
     python
 }
 

@@ -44,13 +44,13 @@ pub fn config(dir: &Path, pool_settings: &str) -> Config {
 }
 
 /// The free-threaded CPython 3.13t virtualenv's interpreter (made by
-/// `scripts/python-env`).
+/// `scripts/python-env --free-threaded`).
 pub fn free_threaded_python() -> PathBuf {
     let python = root().join(".venv-ft/bin/python");
     assert!(
         python.exists(),
-        "{} is missing: `scripts/python-env` makes it from ../shared/tools/free-threaded-python \
-         (the README's test command runs both)",
+        "{} is missing: `scripts/python-env --free-threaded` makes it from ../shared/tools/free-threaded-python \
+         (the README's test command runs it)",
         python.display()
     );
     python
