@@ -227,7 +227,8 @@ fn print_report(report: &Report, style: Style) {
 fn print_libraries(pool: &PoolReport, style: Style) {
     let width = pool.libraries.iter().map(|f| f.library.len() + f.version.len() + 1).max().unwrap_or(0);
     for (index, finding) in pool.libraries.iter().enumerate() {
-        let label = if index == 0 { format!("libraries ({})", pool.profile) } else { String::new() };
+        // The findings are for the pool's profile, shown in its heading.
+        let label = if index == 0 { "libraries" } else { "" };
         let colour = match finding.level {
             Level::Ok => Colour::Green,
             Level::Warning => Colour::Yellow,
