@@ -21,11 +21,21 @@ async fn free_threaded_python_runs_two_cpu_bound_calls_at_once_on_one_worker() {
     assert!(facts.free_threaded_build && !facts.gil_enabled, "3.13t keeps the GIL off after the imports: {facts:?}");
     assert_eq!(facts.thread_safe, Some(true));
 
-    let (changes, overlap) = probe_two_threads(&host).await;
-    assert!(overlap > 0.5, "the two CPU-bound calls overlapped by only {overlap:.3} s");
+    // Seeing it once proves it: other load on the machine can keep the two
+    // threads off the two cores at the same time for a while, so up to three
+    // tries. With the GIL no try ever gets near the threshold.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (changes, overlap) = probe_two_threads(&host).await;
+        assert!(overlap > 0.5, "the two CPU-bound calls overlapped by only {overlap:.3} s");
+        seen.push(changes);
+        if changes >= PARALLEL_CHANGES {
+            break;
+        }
+    }
     assert!(
-        changes >= PARALLEL_CHANGES,
-        "the reader saw the writer run beside it only {changes} times (this needs two idle cores: was the machine busy?)"
+        seen.iter().any(|&changes| changes >= PARALLEL_CHANGES),
+        "the reader saw the writer run beside it only {seen:?} times (this needs two idle cores: was the machine busy?)"
     );
     host.shutdown().await;
 }
