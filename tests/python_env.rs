@@ -57,16 +57,16 @@ fn pyenv_pythons() -> Vec<(String, PathBuf)> {
     found
 }
 
-/// The free-threaded 3.13t that scripts/test exports as PITBOSS_FT_PYTHON.
+/// The free-threaded 3.13t: `PITBOSS_FT_PYTHON` (scripts/test exports the
+/// interpreter itself), else the `.venv-ft` made from it.
 fn free_threaded_python() -> PathBuf {
-    let path = std::env::var_os("PITBOSS_FT_PYTHON").filter(|p| !p.is_empty()).map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "PITBOSS_FT_PYTHON is not set: run the tests with ./scripts/test, or set it to the interpreter \
-             `../shared/tools/free-threaded-python` prints"
-        )
-    });
-    assert!(path.exists(), "PITBOSS_FT_PYTHON={} does not exist", path.display());
-    path
+    match std::env::var_os("PITBOSS_FT_PYTHON").filter(|p| !p.is_empty()).map(PathBuf::from) {
+        Some(path) => {
+            assert!(path.exists(), "PITBOSS_FT_PYTHON={} does not exist", path.display());
+            path
+        }
+        None => support::free_threaded_python(),
+    }
 }
 
 #[test]
