@@ -43,7 +43,9 @@ fn build_plugins() {
         cargo.args(["-p", &format!("pitboss-plugin-{plugin}")]);
     }
     // The outer build's flags and wrappers are for the host target.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"] {
+    for var in
+        ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"]
+    {
         cargo.env_remove(var);
     }
     let status = cargo.status().expect("cannot run cargo to build the built-in plugins");

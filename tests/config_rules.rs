@@ -46,15 +46,35 @@ fn bad_configs_give_exactly_these_diagnostics() {
         ("duplicate names", format!("{POOL}{POOL}"), vec![(Error, "pool.p.name")]),
         ("a typo", format!("{POOL}sise = 2\n"), vec![(Error, "pool.p.sise")]),
         ("unknown host key", format!("[host]\napi_adress = \"x\"\n{POOL}"), vec![(Error, "host.api_adress")]),
-        ("unknown nested key", format!("{POOL}router_limits = {{ fule = 1 }}\n"), vec![(Error, "pool.p.router_limits.fule")]),
+        (
+            "unknown nested key",
+            format!("{POOL}router_limits = {{ fule = 1 }}\n"),
+            vec![(Error, "pool.p.router_limits.fule")],
+        ),
         ("unknown top-level key", format!("flavour = 1\n{POOL}"), vec![(Error, "flavour")]),
         ("legacy form", "pool_size = 1\nadapter = \"m\"\n".into(), vec![(Info, "pool.default")]),
         ("legacy mixed with pools", format!("pool_size = 1\n{POOL}"), vec![(Error, "pool_size")]),
-        ("process pool with threads", format!("{POOL}threads_per_worker = 4\n"), vec![(Error, "pool.p.threads_per_worker")]),
+        (
+            "process pool with threads",
+            format!("{POOL}threads_per_worker = 4\n"),
+            vec![(Error, "pool.p.threads_per_worker")],
+        ),
         ("thread pool with one thread", thread.replace("= 2", "= 1"), vec![(Error, "pool.t.threads_per_worker")]),
-        ("thread pool with BLAS threads", format!("{thread}env = {{ OMP_NUM_THREADS = \"4\" }}\n"), vec![(Warning, "pool.t.env.OMP_NUM_THREADS")]),
-        ("fallback of a process pool", format!("{POOL}fallback_profile = \"process\"\n"), vec![(Error, "pool.p.fallback_profile")]),
-        ("fallback to threads", format!("{thread}fallback_profile = \"thread\"\n"), vec![(Error, "pool.t.fallback_profile")]),
+        (
+            "thread pool with BLAS threads",
+            format!("{thread}env = {{ OMP_NUM_THREADS = \"4\" }}\n"),
+            vec![(Warning, "pool.t.env.OMP_NUM_THREADS")],
+        ),
+        (
+            "fallback of a process pool",
+            format!("{POOL}fallback_profile = \"process\"\n"),
+            vec![(Error, "pool.p.fallback_profile")],
+        ),
+        (
+            "fallback to threads",
+            format!("{thread}fallback_profile = \"thread\"\n"),
+            vec![(Error, "pool.t.fallback_profile")],
+        ),
         ("unknown profile", format!("{POOL}profile = \"fibre\"\n"), vec![(Error, "pool.p.profile")]),
         ("zero timeout", format!("{POOL}request_timeout = \"0s\"\n"), vec![(Error, "pool.p.request_timeout")]),
         ("negative timeout", format!("{POOL}queue_timeout = \"-1s\"\n"), vec![(Error, "pool.p.queue_timeout")]),
@@ -66,11 +86,20 @@ fn bad_configs_give_exactly_these_diagnostics() {
         ("jitter too big", format!("{POOL}recycle_jitter = 0.9\n"), vec![(Error, "pool.p.recycle_jitter")]),
         ("zero batch", format!("{POOL}startup_batch_size = 0\n"), vec![(Error, "pool.p.startup_batch_size")]),
         ("zero pings", format!("{POOL}max_missed_pings = 0\n"), vec![(Error, "pool.p.max_missed_pings")]),
-        ("bad enforcement", format!("[host]\ncompat_enforce = \"strict\"\n{POOL}"), vec![(Error, "host.compat_enforce")]),
-        ("huge process pool", POOL.replace("size = 1", "size = 300"), vec![(Warning, "pool.p.size"), (Warning, "pool")]),
+        (
+            "bad enforcement",
+            format!("[host]\ncompat_enforce = \"strict\"\n{POOL}"),
+            vec![(Error, "host.compat_enforce")],
+        ),
+        (
+            "huge process pool",
+            POOL.replace("size = 1", "size = 300"),
+            vec![(Warning, "pool.p.size"), (Warning, "pool")],
+        ),
         (
             "every problem of a pool at once",
-            format!("{POOL}threads_per_worker = 3\nrequest_timeout = \"0s\"\nstartup_batch_size = 0\n").replace("size = 1\n", "size = 0\n"),
+            format!("{POOL}threads_per_worker = 3\nrequest_timeout = \"0s\"\nstartup_batch_size = 0\n")
+                .replace("size = 1\n", "size = 0\n"),
             vec![
                 (Error, "pool.p.size"),
                 (Error, "pool.p.threads_per_worker"),
@@ -93,7 +122,8 @@ fn bad_configs_give_exactly_these_diagnostics() {
 
 #[test]
 fn a_typo_gets_a_did_you_mean_and_messages_carry_the_value() {
-    let config = Config::parse(&format!("{POOL}sise = 2\n").replace("size = 1", "size = 0"), Path::new("x.toml")).unwrap();
+    let config =
+        Config::parse(&format!("{POOL}sise = 2\n").replace("size = 1", "size = 0"), Path::new("x.toml")).unwrap();
     let diagnostics = check_config(&engine(), &config).unwrap();
     let rendered: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
     assert_eq!(
@@ -136,14 +166,21 @@ fn a_site_plugin_written_with_the_sdk_is_enforced_by_pitboss_check() {
 
     let (code, out) = check(&write_config(dir.path(), 5, &site.display().to_string()), false);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.starts_with("error: pool.big.size: this site allows at most 4 workers per pool (got 5)\n  hint: split"), "{out}");
+    assert!(
+        out.starts_with("error: pool.big.size: this site allows at most 4 workers per pool (got 5)\n  hint: split"),
+        "{out}"
+    );
 
     let (code, out) = check(&write_config(dir.path(), 4, &site.display().to_string()), false);
     assert_eq!(code, Some(0), "{out}");
 
     let (code, out) = check(&write_config(dir.path(), 5, "builtin:pool-rules"), true);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((code, report["errors"].as_u64()), (Some(0), Some(0)), "back on the built-in rules, 5 workers pass: {out}");
+    assert_eq!(
+        (code, report["errors"].as_u64()),
+        (Some(0), Some(0)),
+        "back on the built-in rules, 5 workers pass: {out}"
+    );
     assert_eq!(report["rules"], "builtin:pool-rules");
 }
 

@@ -39,4 +39,3 @@ async fn free_threaded_python_runs_two_cpu_bound_calls_at_once_on_one_worker() {
     );
     host.shutdown().await;
 }
-

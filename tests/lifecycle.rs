@@ -33,7 +33,8 @@ fn request(tool: &str, args: Value) -> CallRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_recycles_under_load_without_a_failed_call_or_lost_capacity() {
-    let (_dir, host) = start("size = 2\nworker_max_requests = 5\nrecycle_jitter = 0.0\nping_interval = \"100ms\"").await;
+    let (_dir, host) =
+        start("size = 2\nworker_max_requests = 5\nrecycle_jitter = 0.0\nping_interval = \"100ms\"").await;
 
     // Watch the pool while callers keep it busy: ready workers never drop
     // below its size.
@@ -73,16 +74,22 @@ async fn max_requests_recycles_under_load_without_a_failed_call_or_lost_capacity
 
     assert!(served_by.values().all(|&served| served <= 5), "a worker served more than 5 calls: {served_by:?}");
     assert!(served_by.len() >= 12, "60 calls at 5 per worker need at least 12 workers: {served_by:?}");
-    assert!(lowest_ready.load(Ordering::Relaxed) >= 2, "ready workers dropped to {}", lowest_ready.load(Ordering::Relaxed));
+    assert!(
+        lowest_ready.load(Ordering::Relaxed) >= 2,
+        "ready workers dropped to {}",
+        lowest_ready.load(Ordering::Relaxed)
+    );
     let status = pool_status(&host).await;
     assert_eq!((status.failed, status.crashes), (0, 0), "{status:#?}");
     assert!(status.recycles.get(Reason::MaxRequests) >= 10, "{status:#?}");
     // Recycled workers' processes are gone, not just forgotten.
-    assert!(eventually(Duration::from_secs(10), async || {
-        let live: Vec<u32> = pool_status(&host).await.workers.iter().map(|w| w.pid).collect();
-        served_by.keys().all(|pid| live.contains(pid) || !alive(*pid))
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let live: Vec<u32> = pool_status(&host).await.workers.iter().map(|w| w.pid).collect();
+            served_by.keys().all(|pid| live.contains(pid) || !alive(*pid))
+        })
+        .await
+    );
     host.shutdown().await;
 }
 
@@ -107,7 +114,8 @@ async fn a_ttl_recycles_the_worker_on_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_over_its_memory_limit_retires_after_the_call() {
-    let (_dir, host) = start("size = 1\nworker_max_rss = \"150MiB\"\nrecycle_jitter = 0.0\nping_interval = \"100ms\"").await;
+    let (_dir, host) =
+        start("size = 1\nworker_max_rss = \"150MiB\"\nrecycle_jitter = 0.0\nping_interval = \"100ms\"").await;
     let small: u32 = serde_json::from_value(json_call(&host, "allocate", json!({ "megabytes": 10 })).await).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(pool_status(&host).await.recycles.get(Reason::MaxRss), 0, "10 MB stays under the limit");
@@ -128,7 +136,8 @@ async fn a_worker_over_its_memory_limit_retires_after_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stuck_with_the_gil_held_misses_pings_and_is_replaced() {
-    let (_dir, host) = start("size = 1\nping_interval = \"200ms\"\nmax_missed_pings = 3\nrequest_timeout = \"60s\"").await;
+    let (_dir, host) =
+        start("size = 1\nping_interval = \"200ms\"\nmax_missed_pings = 3\nrequest_timeout = \"60s\"").await;
     let stuck_pid = pool_status(&host).await.workers[0].pid;
     let started = Instant::now();
     let stuck = host.execute("pool", request("stuck", json!({ "seconds": 30 }))).await;
@@ -179,11 +188,16 @@ async fn manual_recycle_drains_and_takes_the_process_group_with_it() {
     let answer = in_flight.await.unwrap().expect("the call in flight finishes");
     assert_eq!(serde_json::from_slice::<u32>(&answer.payload).unwrap(), pid);
 
-    assert!(eventually(Duration::from_secs(10), async || !alive(pid) && !alive(grandchild)).await, "worker and child gone");
+    assert!(
+        eventually(Duration::from_secs(10), async || !alive(pid) && !alive(grandchild)).await,
+        "worker and child gone"
+    );
     let status = pool_status(&host).await;
     assert_eq!((status.recycles.get(Reason::Manual), status.failed, status.crashes), (1, 0, 0), "{status:#?}");
     assert!(matches!(host.recycle("pool", 999).await, Err(RecycleError::NotFound(m)) if m.contains("no worker 999")));
-    assert!(matches!(host.recycle("nope", 0).await, Err(RecycleError::NotFound(m)) if m.contains("no pool named `nope`")));
+    assert!(
+        matches!(host.recycle("nope", 0).await, Err(RecycleError::NotFound(m)) if m.contains("no pool named `nope`"))
+    );
     host.shutdown().await;
 }
 

@@ -14,9 +14,8 @@ fn plugin_test(plugin: &str, extra: &[&str]) -> (i32, Value) {
         .env("XDG_CACHE_HOME", cache.path())
         .output()
         .expect("pitboss runs");
-    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!("no JSON report ({err}); stderr: {}", String::from_utf8_lossy(&output.stderr))
-    });
+    let report = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("no JSON report ({err}); stderr: {}", String::from_utf8_lossy(&output.stderr)));
     (output.status.code().expect("exited"), report)
 }
 
@@ -60,10 +59,7 @@ fn a_faulty_plugin_fails_with_its_faults_reported() {
 
 #[test]
 fn an_unknown_builtin_is_a_clear_error() {
-    let output = Command::new(env!("CARGO_BIN_EXE_pitboss"))
-        .args(["plugin", "test", "builtin:nope"])
-        .output()
-        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_pitboss")).args(["plugin", "test", "builtin:nope"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown built-in policy `builtin:nope`"), "{stderr}");

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pitboss::policy::{
-    native_least_loaded, Decision, FaultKind, PolicyEngine, PolicyLimits, PolicySource, PoolInfo, Profile,
-    RequestView, RouterInstance, RouterPolicy, RouterSlot, WorkerState, WorkerView,
+    native_least_loaded, Decision, FaultKind, PolicyEngine, PolicyLimits, PolicySource, PoolInfo, Profile, RequestView,
+    RouterInstance, RouterPolicy, RouterSlot, WorkerState, WorkerView,
 };
 
 fn test_plugin(name: &str) -> PolicySource {
@@ -32,7 +32,8 @@ fn pool(name: &str) -> PoolInfo {
 }
 
 fn workers() -> Vec<WorkerView> {
-    let states = [WorkerState::Ready, WorkerState::Draining, WorkerState::Starting, WorkerState::Ready, WorkerState::Ready];
+    let states =
+        [WorkerState::Ready, WorkerState::Draining, WorkerState::Starting, WorkerState::Ready, WorkerState::Ready];
     states
         .iter()
         .enumerate()
@@ -222,8 +223,9 @@ fn a_corrupt_cache_entry_is_recompiled() {
 fn a_published_version_takes_over_before_the_next_decision() {
     let engine = engine();
     let probe = RouterPolicy::load(&engine, &test_plugin("completion-probe"), only_faults_stop_it()).unwrap();
-    let least = RouterPolicy::load(&engine, &PolicySource::parse("builtin:least-loaded").unwrap(), only_faults_stop_it())
-        .unwrap();
+    let least =
+        RouterPolicy::load(&engine, &PolicySource::parse("builtin:least-loaded").unwrap(), only_faults_stop_it())
+            .unwrap();
     let slot = RouterSlot::new(probe.clone());
     let mut router = RouterInstance::new(slot.clone(), pool("swap")).unwrap();
     assert!(matches!(router.route(&request("report"), &workers()).decision, Decision::Reject(_)));
@@ -246,7 +248,8 @@ fn bad_policy_references_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm garbage").unwrap();
-    let err = format!("{:#}", RouterPolicy::load(&engine(), &PolicySource::File(junk), only_faults_stop_it()).err().unwrap());
+    let err =
+        format!("{:#}", RouterPolicy::load(&engine(), &PolicySource::File(junk), only_faults_stop_it()).err().unwrap());
     assert!(err.contains("not a valid WebAssembly component"), "{err}");
 }
 
@@ -261,9 +264,33 @@ fn a_component_with_the_wrong_contract_is_refused_at_load() {
 fn every_worker_field_reaches_the_guest_intact() {
     let mut router = router(&test_plugin("completion-probe"), only_faults_stop_it());
     let workers = [
-        WorkerView { id: 7, capacity: 8, in_flight: 3, served: u64::MAX, age_ms: 1 << 40, rss_bytes: 123_456_789_012, state: WorkerState::Draining },
-        WorkerView { id: u32::MAX, capacity: 1, in_flight: 0, served: 0, age_ms: 5, rss_bytes: 0, state: WorkerState::Starting },
-        WorkerView { id: 0, capacity: u32::MAX, in_flight: u32::MAX - 1, served: 42, age_ms: 0, rss_bytes: 1, state: WorkerState::Ready },
+        WorkerView {
+            id: 7,
+            capacity: 8,
+            in_flight: 3,
+            served: u64::MAX,
+            age_ms: 1 << 40,
+            rss_bytes: 123_456_789_012,
+            state: WorkerState::Draining,
+        },
+        WorkerView {
+            id: u32::MAX,
+            capacity: 1,
+            in_flight: 0,
+            served: 0,
+            age_ms: 5,
+            rss_bytes: 0,
+            state: WorkerState::Starting,
+        },
+        WorkerView {
+            id: 0,
+            capacity: u32::MAX,
+            in_flight: u32::MAX - 1,
+            served: 42,
+            age_ms: 0,
+            rss_bytes: 1,
+            state: WorkerState::Ready,
+        },
     ];
     let described = router.route(&request("describe"), &workers).decision;
     let expected = format!(

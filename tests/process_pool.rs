@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use pitboss::pool::{CallError, CallOutput, CallRequest, ErrorKind};
 use pitboss::Host;
 use serde_json::{json, Value};
-use tokio::task::JoinHandle;
 use support::{alive, config, eventually, json_call};
+use tokio::task::JoinHandle;
 
 fn call(tool: &str, args: Value) -> CallRequest {
     CallRequest::json(tool, serde_json::to_vec(&args).unwrap())
@@ -21,7 +21,6 @@ async fn start(settings: &str) -> (tempfile::TempDir, Host) {
     let host = support::start_ready(config(dir.path(), settings)).await;
     (dir, host)
 }
-
 
 /// Starts a call in the background, for tests that need calls in flight.
 fn spawn_call(host: &Arc<Host>, tool: &str, args: Value) -> JoinHandle<Result<CallOutput, CallError>> {
@@ -152,10 +151,7 @@ async fn a_call_past_its_timeout_fails_and_its_worker_is_replaced() {
     let err = host.execute("pool", call("sleep", json!({"seconds": 10}))).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "the caller is not kept waiting");
-    assert!(
-        eventually(Duration::from_secs(5), async || !alive(before[0])).await,
-        "the overrunning worker is stopped"
-    );
+    assert!(eventually(Duration::from_secs(5), async || !alive(before[0])).await, "the overrunning worker is stopped");
     let started = Instant::now();
     assert_eq!(json_call(&host, "add", json!({"a": 1, "b": 2})).await, json!(3));
     assert!(started.elapsed() < Duration::from_secs(5), "the next call succeeds promptly");
@@ -228,10 +224,12 @@ async fn shutdown_lets_calls_in_flight_finish_and_leaves_no_worker() {
         let host = host.clone();
         tokio::spawn(async move { host.shutdown().await })
     };
-    assert!(eventually(Duration::from_secs(2), async || {
-        host.execute("pool", call("noop", json!({}))).await.is_err_and(|e| e.kind == ErrorKind::ShuttingDown)
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            host.execute("pool", call("noop", json!({}))).await.is_err_and(|e| e.kind == ErrorKind::ShuttingDown)
+        })
+        .await
+    );
     assert_eq!(&in_flight.await.unwrap().expect("the call in flight finishes").payload[..], b"0.7");
     stopping.await.unwrap();
     for pid in pids {
@@ -242,7 +240,11 @@ async fn shutdown_lets_calls_in_flight_finish_and_leaves_no_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adapter_that_fails_to_import_is_a_start_error_quoting_its_output() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("broken.py"), "import sys\nprint('loading broken adapter')\nraise ImportError('no such backend: quantum')\n").unwrap();
+    std::fs::write(
+        dir.path().join("broken.py"),
+        "import sys\nprint('loading broken adapter')\nraise ImportError('no such backend: quantum')\n",
+    )
+    .unwrap();
     let config = support::config_for(dir.path(), "broken:Adapter", "size = 2\nstartup_timeout = \"20s\"");
     let started = Instant::now();
     let err = Host::start(config).await.err().expect("the host refuses to start");

@@ -141,9 +141,11 @@ fn compat_findings_follow_version_bounds_and_unknown_is_not_ok() {
         library("numpy", "1.26.4"),
         library("no-such-library", "1.0"),
     ];
-    let levels: Vec<Level> = compat().check(&env, Profile::Thread, &libraries).unwrap().iter().map(|f| f.level).collect();
+    let levels: Vec<Level> =
+        compat().check(&env, Profile::Thread, &libraries).unwrap().iter().map(|f| f.level).collect();
     assert_eq!(levels, [Level::Unsafe, Level::Warning, Level::Unsafe, Level::Ok, Level::Unknown]);
-    let in_processes: Vec<Level> = compat().check(&env, Profile::Process, &libraries).unwrap().iter().map(|f| f.level).collect();
+    let in_processes: Vec<Level> =
+        compat().check(&env, Profile::Process, &libraries).unwrap().iter().map(|f| f.level).collect();
     assert_eq!(in_processes, [Level::Ok, Level::Ok, Level::Ok, Level::Ok, Level::Unknown]);
 }
 
@@ -186,5 +188,8 @@ async fn deny_keeps_a_thread_pool_with_an_unsafe_library_from_starting() {
         Ok(_) => panic!("the thread pool must not start"),
         Err(err) => format!("{err:#}"),
     };
-    assert!(err.starts_with("host.compat_enforce = \"deny\": thread pools use libraries that are unsafe in threads"), "{err}");
+    assert!(
+        err.starts_with("host.compat_enforce = \"deny\": thread pools use libraries that are unsafe in threads"),
+        "{err}"
+    );
 }

@@ -43,9 +43,10 @@ impl Served {
         }
         // The pool serves from its first worker; wait for all of them.
         while !text(&served.admin(&["status"]).stdout).lines().next().is_some_and(|line| {
-            line.split(", ").nth(1).and_then(|ready| ready.strip_suffix(" ready")).is_some_and(|n| {
-                n.split_once('/').is_some_and(|(ready, size)| ready == size)
-            })
+            line.split(", ")
+                .nth(1)
+                .and_then(|ready| ready.strip_suffix(" ready"))
+                .is_some_and(|n| n.split_once('/').is_some_and(|(ready, size)| ready == size))
         }) {
             assert!(Instant::now() < deadline, "the workers did not all start");
             std::thread::sleep(Duration::from_millis(100));
@@ -77,11 +78,7 @@ impl Drop for Served {
 
 fn worker_pids(run_dir: &Path) -> Vec<u32> {
     std::fs::read_dir(run_dir.join("workers"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.path().file_stem()?.to_str()?.parse().ok())
-                .collect()
-        })
+        .map(|entries| entries.filter_map(|e| e.ok()?.path().file_stem()?.to_str()?.parse().ok()).collect())
         .unwrap_or_default()
 }
 

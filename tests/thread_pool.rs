@@ -60,7 +60,8 @@ async fn one_thread_worker_runs_eight_sleeps_at_once_and_queues_the_ninth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_counts_return_to_zero_after_every_kind_of_ending() {
     let (_dir, host) =
-        start("size = 2\nprofile = \"thread\"\nthreads_per_worker = 4\nrequest_timeout = \"1s\"\nrecycle_jitter = 0.0").await;
+        start("size = 2\nprofile = \"thread\"\nthreads_per_worker = 4\nrequest_timeout = \"1s\"\nrecycle_jitter = 0.0")
+            .await;
     let all_idle = async || {
         let status = pool_status(&host).await;
         status.in_flight == 0 && status.workers.iter().all(|w| w.in_flight == 0)
@@ -77,7 +78,13 @@ async fn in_flight_counts_return_to_zero_after_every_kind_of_ending() {
 
     // Success and Python errors, many at once.
     let calls: Vec<_> = (0..24)
-        .map(|i| if i % 3 == 0 { spawn_json_call(&host, "fail", json!({})) } else { spawn_json_call(&host, "sleep", json!({ "seconds": 0.05 })) })
+        .map(|i| {
+            if i % 3 == 0 {
+                spawn_json_call(&host, "fail", json!({}))
+            } else {
+                spawn_json_call(&host, "sleep", json!({ "seconds": 0.05 }))
+            }
+        })
         .collect();
     for (i, call) in calls.into_iter().enumerate() {
         let result = call.await.unwrap();

@@ -93,14 +93,12 @@ pub mod bindings {
 
 mod rules;
 
-pub use bindings::router::pitboss::policy::types::{
-    Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView,
-};
-pub use rules::{
-    CompatRules, ConfigRules, Diagnostic, Enforcement, ExtraSetting, Finding, HostConfig, HostSettings, Level,
-    Library, Machine, PoolSettings, PythonEnv, Recommendation, SettingValue, Severity,
-};
+pub use bindings::router::pitboss::policy::types::{Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView};
 pub use rules::normalize_name;
+pub use rules::{
+    CompatRules, ConfigRules, Diagnostic, Enforcement, ExtraSetting, Finding, HostConfig, HostSettings, Level, Library,
+    Machine, PoolSettings, PythonEnv, Recommendation, SettingValue, Severity,
+};
 
 /// A routing policy. One value lives per pool instance: `init` builds it,
 /// `route` is then called for every request of that pool.
@@ -144,10 +142,7 @@ pub fn compare_load(a: &WorkerView, b: &WorkerView) -> Ordering {
 /// call waking a worker that idled since its last turn. `None` when every
 /// worker is busy, starting or draining.
 pub fn least_loaded(workers: &[WorkerView]) -> Option<&WorkerView> {
-    workers
-        .iter()
-        .filter(|w| has_spare_capacity(w))
-        .min_by(|a, b| compare_load(a, b).then(a.id.cmp(&b.id)))
+    workers.iter().filter(|w| has_spare_capacity(w)).min_by(|a, b| compare_load(a, b).then(a.id.cmp(&b.id)))
 }
 
 /// The least-loaded rule as a decision: `Worker` for [`least_loaded`]'s
@@ -160,9 +155,7 @@ pub fn decide_least_loaded(workers: &[WorkerView]) -> Decision {
 /// A stable 64-bit hash (FNV-1a) of a key: the same on every host, run and
 /// policy version, unlike `core::hash`'s randomised hashers.
 pub fn stable_hash(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The worker a key maps to by rendezvous hashing over the workers with

@@ -137,7 +137,9 @@ impl Workload<'_> {
 
     /// One thread worker with `threads` threads against one process worker.
     async fn thread_against_process(&self, threads: usize, thread_calls: usize, process_calls: usize, target: &str) {
-        let thread = self.measure(&format!("size = 1\nprofile = \"thread\"\nthreads_per_worker = {threads}"), thread_calls).await;
+        let thread = self
+            .measure(&format!("size = 1\nprofile = \"thread\"\nthreads_per_worker = {threads}"), thread_calls)
+            .await;
         let process = self.measure("size = 1", process_calls).await;
         row(&format!("1 thread worker × {threads} threads"), &thread.load, 0);
         row("1 process worker", &process.load, 0);
@@ -202,6 +204,10 @@ fn main() {
         row("no recycling", &steady.load, 0);
         row("worker_max_requests = 100", &recycling.load, 0);
         println!("  ({} workers recycled during the measured load)", recycling.replaced);
-        ratio("recycling / steady throughput", recycling.load.per_second / steady.load.per_second, "≥ 0.9, zero failures");
+        ratio(
+            "recycling / steady throughput",
+            recycling.load.per_second / steady.load.per_second,
+            "≥ 0.9, zero failures",
+        );
     });
 }

@@ -57,11 +57,19 @@ fn main() {
     println!("routing decision, builtin:least-loaded (Wasm) vs the same rule in native Rust");
     println!("{:>8} {:>12} {:>12} {:>8}", "workers", "wasm", "native", "ratio");
     let sizes: Vec<u32> = match std::env::var("PITBOSS_BENCH_WORKERS") {
-        Ok(list) => list.split(',').map(|n| n.trim().parse().expect("PITBOSS_BENCH_WORKERS: comma-separated counts")).collect(),
+        Ok(list) => {
+            list.split(',').map(|n| n.trim().parse().expect("PITBOSS_BENCH_WORKERS: comma-separated counts")).collect()
+        }
         Err(_) => vec![16, 128, 1024],
     };
     for count in sizes {
-        let pool = PoolInfo { name: "bench".into(), profile: Profile::Thread, size: count, threads_per_worker: 4, options: Vec::new() };
+        let pool = PoolInfo {
+            name: "bench".into(),
+            profile: Profile::Thread,
+            size: count,
+            threads_per_worker: 4,
+            options: Vec::new(),
+        };
         let mut router = RouterInstance::new(RouterSlot::new(policy.clone()), pool).expect("init");
         let workers = workers(count);
         assert_eq!(router.route(&request, &workers).decision, native_least_loaded(&workers), "same rule, same answer");

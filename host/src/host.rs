@@ -32,11 +32,13 @@ impl Host {
     /// stopped again and the error says what failed.
     pub async fn start(config: Config) -> Result<Host> {
         let run_dir = &config.host.run_dir;
-        fs::create_dir_all(run_dir).with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
+        fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
         let _ = fs::set_permissions(run_dir, fs::Permissions::from_mode(0o700));
         let lock = lock_run_dir(run_dir)?;
 
-        let run_id = format!("{}-{}", std::process::id(), SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos());
+        let run_id =
+            format!("{}-{}", std::process::id(), SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos());
         let records = WorkerRecords::open(run_dir, run_id)
             .with_context(|| format!("cannot use the run directory {}", run_dir.display()))?;
         let swept = records.sweep().context("sweeping workers of an earlier run")?;

@@ -56,7 +56,10 @@ struct Service {
 
 #[tonic::async_trait]
 impl Pitboss for Service {
-    async fn execute(&self, request: Request<proto::ExecuteRequest>) -> Result<Response<proto::ExecuteResponse>, Status> {
+    async fn execute(
+        &self,
+        request: Request<proto::ExecuteRequest>,
+    ) -> Result<Response<proto::ExecuteResponse>, Status> {
         let request = request.into_inner();
         let content_type = match proto::ContentType::try_from(request.content_type) {
             Ok(proto::ContentType::Json) => ContentType::Json,

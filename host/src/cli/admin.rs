@@ -72,12 +72,19 @@ fn print_pool(pool: &proto::PoolStatus) {
         "  {} in flight, {} queued, {} served, {} failed, {} crashes, router {}",
         pool.in_flight, pool.queued, pool.served, pool.failed, pool.crashes, pool.router
     );
-    let recycles: Vec<String> =
-        pool.recycles.iter().filter(|(_, count)| **count > 0).map(|(reason, count)| format!("{reason} {count}")).collect();
+    let recycles: Vec<String> = pool
+        .recycles
+        .iter()
+        .filter(|(_, count)| **count > 0)
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
     if !recycles.is_empty() {
         println!("  recycles: {}", recycles.join(", "));
     }
-    println!("  {:>6} {:>8} {:<9} {:>9} {:>8} {:>9} {:>9}", "worker", "pid", "state", "in flight", "served", "rss MiB", "age s");
+    println!(
+        "  {:>6} {:>8} {:<9} {:>9} {:>8} {:>9} {:>9}",
+        "worker", "pid", "state", "in flight", "served", "rss MiB", "age s"
+    );
     for worker in &pool.workers {
         println!(
             "  {:>6} {:>8} {:<9} {:>9} {:>8} {:>9.1} {:>9.1}",

@@ -77,7 +77,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Err(status) => {
             match crate::api::call_error(&status) {
                 Some(error) => {
-                    let python = if error.python_type.is_empty() { String::new() } else { format!("{}: ", error.python_type) };
+                    let python =
+                        if error.python_type.is_empty() { String::new() } else { format!("{}: ", error.python_type) };
                     eprintln!("error: {}: {python}{}", error.kind, error.message);
                     if !error.traceback.is_empty() {
                         eprintln!("{}", error.traceback.trim_end());

@@ -82,7 +82,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             diagnostics
         }
         Err(err) => {
-            host.push(Check { what: "config rules".into(), value: config.host.config_rules.clone(), error: Some(format!("{err:#}")) });
+            host.push(Check {
+                what: "config rules".into(),
+                value: config.host.config_rules.clone(),
+                error: Some(format!("{err:#}")),
+            });
             Vec::new()
         }
     };
@@ -95,8 +99,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         },
         error: compat.as_ref().err().map(|err| format!("{err:#}")),
     });
-    let pools: Vec<PoolReport> =
-        config.pools.iter().map(|pool| pool_report(pool, &engine, compat.as_ref().ok(), &config.host.python_cache())).collect();
+    let pools: Vec<PoolReport> = config
+        .pools
+        .iter()
+        .map(|pool| pool_report(pool, &engine, compat.as_ref().ok(), &config.host.python_cache()))
+        .collect();
     let failed = |checks: &[Check]| checks.iter().filter(|c| c.error.is_some()).count();
     let problems = failed(&host)
         + pools.iter().map(|p| failed(&p.checks)).sum::<usize>()
@@ -113,16 +120,21 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 /// Creates the run directory if needed and writes a file into it.
 fn run_dir_check(run_dir: &Path) -> Check {
     let probe = run_dir.join(format!(".doctor-{}", std::process::id()));
-    let written = std::fs::create_dir_all(run_dir).and_then(|()| std::fs::write(&probe, b"")).and_then(|()| std::fs::remove_file(&probe));
+    let written = std::fs::create_dir_all(run_dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe));
     Check {
         what: "run directory".into(),
         value: run_dir.display().to_string(),
-        error: written.err().map(|err| format!("not writable: {err}; set host.run_dir to a folder this user can write")),
+        error: written
+            .err()
+            .map(|err| format!("not writable: {err}; set host.run_dir to a folder this user can write")),
     }
 }
 
 fn pool_report(pool: &PoolConfig, engine: &PolicyEngine, compat: Option<&CompatRules>, cache: &Path) -> PoolReport {
-    let router = PolicySource::parse(&pool.router).and_then(|source| RouterPolicy::load(engine, &source, pool.router_limits.clone()));
+    let router = PolicySource::parse(&pool.router)
+        .and_then(|source| RouterPolicy::load(engine, &source, pool.router_limits.clone()));
     let mut report = PoolReport {
         name: pool.name.clone(),
         profile: pool.profile.to_string(),
@@ -145,7 +157,11 @@ fn pool_report(pool: &PoolConfig, engine: &PolicyEngine, compat: Option<&CompatR
     let env = match python::detect(&pool.python, Some(cache)) {
         Ok(env) => env,
         Err(err) => {
-            report.checks.push(Check { what: "interpreter".into(), value: report.interpreter.clone(), error: Some(err.to_string()) });
+            report.checks.push(Check {
+                what: "interpreter".into(),
+                value: report.interpreter.clone(),
+                error: Some(err.to_string()),
+            });
             return report;
         }
     };
@@ -170,7 +186,8 @@ fn compat_report(report: &mut PoolReport, compat: &CompatRules, pool: &PoolConfi
     };
     match compat.check(env, pool.profile, &env.distributions) {
         Ok(findings) => {
-            let (unknown, known): (Vec<Finding>, Vec<Finding>) = findings.into_iter().partition(|f| f.level == Level::Unknown);
+            let (unknown, known): (Vec<Finding>, Vec<Finding>) =
+                findings.into_iter().partition(|f| f.level == Level::Unknown);
             report.unknown_libraries = unknown.len();
             report.libraries = known;
         }
@@ -199,7 +216,10 @@ fn print_report(report: &Report, style: Style) {
         output::print_diagnostics(&report.diagnostics, style, "    ");
     }
     for pool in &report.pools {
-        println!("\n{}", style.paint(&format!("pool {} ({}, {} workers)", pool.name, pool.profile, pool.size), Colour::Bold));
+        println!(
+            "\n{}",
+            style.paint(&format!("pool {} ({}, {} workers)", pool.name, pool.profile, pool.size), Colour::Bold)
+        );
         row("interpreter", &format!("{} (from {})", pool.interpreter, pool.chosen_by));
         if let Some(python) = &pool.python {
             row("python", &format!("{} {} on {}", python.implementation, python.version, python.platform));

@@ -88,7 +88,11 @@ pub(super) fn summary(diagnostics: &[Diagnostic]) -> String {
         .filter(|(n, _)| *n > 0)
         .map(|(n, noun)| format!("{n} {noun}{}", if n == 1 { "" } else { "s" }))
         .collect();
-    if parts.is_empty() { "no problems".to_owned() } else { parts.join(", ") }
+    if parts.is_empty() {
+        "no problems".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// Writes `document` to stdout; a reader that went away (`| head`) is not

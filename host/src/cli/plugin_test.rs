@@ -10,8 +10,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::policy::{
-    Decision, PolicyEngine, PolicyLimits, PolicySource, PoolInfo, Profile, RequestView, RouterInstance,
-    RouterPolicy, RouterSlot, WorkerState, WorkerView,
+    Decision, PolicyEngine, PolicyLimits, PolicySource, PoolInfo, Profile, RequestView, RouterInstance, RouterPolicy,
+    RouterSlot, WorkerState, WorkerView,
 };
 
 #[derive(clap::Args)]
@@ -164,10 +164,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let slot = RouterSlot::new(policy.clone());
 
-    let scenarios = Scenario::ALL
-        .iter()
-        .map(|scenario| run_scenario(*scenario, &slot, args))
-        .collect::<Vec<_>>();
+    let scenarios = Scenario::ALL.iter().map(|scenario| run_scenario(*scenario, &slot, args)).collect::<Vec<_>>();
     let passed = scenarios.iter().all(|s| s.faults.is_empty());
     let report = Report {
         plugin: source.to_string(),

@@ -27,7 +27,8 @@ pub(super) fn hard_limits(config: &Config) -> Vec<Diagnostic> {
         require(pool.size >= 1, key("size"), "at least one worker");
         require(threads_fit(pool), key("threads_per_worker"), "1 for a process pool, at least 1 for a thread pool");
         require(
-            pool.fallback_profile.is_none() || (pool.profile, pool.fallback_profile) == (Profile::Thread, Some(Profile::Process)),
+            pool.fallback_profile.is_none()
+                || (pool.profile, pool.fallback_profile) == (Profile::Thread, Some(Profile::Process)),
             key("fallback_profile"),
             "\"process\" as the fallback of a thread pool, and none elsewhere",
         );

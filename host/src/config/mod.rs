@@ -234,8 +234,9 @@ impl Config {
     /// (`policy::check_config`).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError { source: path.to_owned(), problems };
-        let document: toml::Table =
-            text.parse().map_err(|err: toml::de::Error| fail(vec![Diagnostic::error("", err.to_string().trim_end())]))?;
+        let document: toml::Table = text
+            .parse()
+            .map_err(|err: toml::de::Error| fail(vec![Diagnostic::error("", err.to_string().trim_end())]))?;
         // Absolute, so that paths keep their meaning in workers, which run in
         // this folder.
         let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -321,7 +322,10 @@ fn host_config(raw: &mut Table, base: &Path) -> HostConfig {
     HostConfig {
         run_dir: raw.string("run_dir").map(|dir| base.join(dir)).unwrap_or_else(default_run_dir),
         api_address,
-        policy_cache: raw.string("policy_cache").map(|dir| base.join(dir)).or_else(crate::policy::PolicyEngine::default_cache_dir),
+        policy_cache: raw
+            .string("policy_cache")
+            .map(|dir| base.join(dir))
+            .or_else(crate::policy::PolicyEngine::default_cache_dir),
         shutdown_grace: raw.duration("shutdown_grace").unwrap_or(Duration::from_secs(10)),
         config_rules: raw.string("config_rules").unwrap_or_else(|| DEFAULT_CONFIG_RULES.to_owned()),
         compat_rules: raw.string("compat_rules").unwrap_or_else(|| DEFAULT_COMPAT_RULES.to_owned()),
@@ -377,7 +381,9 @@ fn read_pool(
         call_deadline: limits.duration("call_deadline").unwrap_or(defaults.call_deadline),
         init_deadline: limits.duration("init_deadline").unwrap_or(defaults.init_deadline),
         fuel_per_call: limits.count("fuel").unwrap_or(defaults.fuel_per_call),
-        max_memory_bytes: limits.size("max_memory").map_or(defaults.max_memory_bytes, |b| usize::try_from(b).unwrap_or(usize::MAX)),
+        max_memory_bytes: limits
+            .size("max_memory")
+            .map_or(defaults.max_memory_bytes, |b| usize::try_from(b).unwrap_or(usize::MAX)),
         log_lines_per_second: limits.count("log_lines_per_second").unwrap_or(defaults.log_lines_per_second),
     };
     raw.absorb("router_limits", limits);

@@ -57,7 +57,12 @@ impl Table {
 
     /// Takes `key` and converts it; a value `convert` refuses is a problem
     /// `must be EXPECTED (got VALUE)`.
-    fn typed<T>(&mut self, key: &'static str, expected: &str, convert: impl FnOnce(&toml::Value) -> Option<T>) -> Option<T> {
+    fn typed<T>(
+        &mut self,
+        key: &'static str,
+        expected: &str,
+        convert: impl FnOnce(&toml::Value) -> Option<T>,
+    ) -> Option<T> {
         let value = self.take(key)?;
         let converted = convert(&value);
         if converted.is_none() {
@@ -230,7 +235,8 @@ mod tests {
         limits.count::<u64>("fuel");
         t.absorb("limits", limits);
         let extra = t.finish();
-        let keys: Vec<(&str, Option<&str>)> = extra.iter().map(|e| (e.key.as_str(), e.closest_known.as_deref())).collect();
+        let keys: Vec<(&str, Option<&str>)> =
+            extra.iter().map(|e| (e.key.as_str(), e.closest_known.as_deref())).collect();
         assert_eq!(keys, [("limits.fule", Some("fuel")), ("flavour", None), ("sise", Some("size"))]);
         assert!(t.problems.is_empty());
     }

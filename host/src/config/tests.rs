@@ -82,7 +82,8 @@ fn interpreter_resolution_order() {
 
 #[test]
 fn relative_paths_become_absolute() {
-    let text = "[host]\npython = \"../.venv/bin/python\"\n[[pool]]\nname = \"p\"\nadapter = \"m\"\npython_path = [\".\"]\n";
+    let text =
+        "[host]\npython = \"../.venv/bin/python\"\n[[pool]]\nname = \"p\"\nadapter = \"m\"\npython_path = [\".\"]\n";
     let config = Config::parse(text, Path::new("examples/pitboss.toml")).unwrap();
     let pool = &config.pools[0];
     let cwd = std::env::current_dir().unwrap();
@@ -139,7 +140,6 @@ max_missed_pings = 5
     let thread = parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\nprofile = \"thread\"\n").unwrap();
     assert_eq!(thread.pools[0].threads_per_worker, 4);
 }
-
 
 #[test]
 fn unknown_keys_are_kept_for_the_rules_with_the_closest_known_key() {
@@ -218,7 +218,9 @@ fn syntax_errors_give_the_position() {
 
 #[test]
 fn semantic_problems_are_left_to_the_rules() {
-    let config = parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\nsize = 0\nthreads_per_worker = 4\nrequest_timeout = \"0s\"\n").unwrap();
+    let config =
+        parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\nsize = 0\nthreads_per_worker = 4\nrequest_timeout = \"0s\"\n")
+            .unwrap();
     assert_eq!((config.pools[0].size, config.pools[0].threads_per_worker), (0, 4));
     assert!(parse("").unwrap().pools.is_empty());
 }
@@ -228,7 +230,10 @@ fn the_legacy_single_pool_form_becomes_pool_default() {
     let config = parse("pool_size = 3\nadapter = \"m:C\"\nsise = 1\n[host]\nrun_dir = \"run\"\n").unwrap();
     assert_eq!(config.pools.len(), 1);
     let pool = &config.pools[0];
-    assert_eq!((pool.name.as_str(), pool.size, pool.profile, pool.adapter.as_str()), ("default", 3, Profile::Process, "m:C"));
+    assert_eq!(
+        (pool.name.as_str(), pool.size, pool.profile, pool.adapter.as_str()),
+        ("default", 3, Profile::Process, "m:C")
+    );
     assert_eq!(pool.extra[0].key, "sise");
     let notes: Vec<(Severity, &str)> = config.notes.iter().map(|d| (d.severity, d.field.as_str())).collect();
     assert_eq!(notes, [(Severity::Info, "pool.default")]);

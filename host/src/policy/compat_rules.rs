@@ -94,7 +94,12 @@ impl CompatRules {
     }
 
     /// One finding per library, in order, for a pool of `profile` on `env`.
-    pub fn check(&self, env: &PythonEnv, profile: Profile, libraries: &[Distribution]) -> Result<Vec<Finding>, PolicyFault> {
+    pub fn check(
+        &self,
+        env: &PythonEnv,
+        profile: Profile,
+        libraries: &[Distribution],
+    ) -> Result<Vec<Finding>, PolicyFault> {
         let (wit_env, wit_libraries) = (convert::python_env(env), convert::libraries(libraries));
         let answer = self.component.call("check", |indices, store, instance| {
             indices.load(&mut *store, instance)?.call_check(&mut *store, &wit_env, profile.into(), &wit_libraries)

@@ -37,7 +37,12 @@ pub(super) fn link(engine: &PolicyEngine, wasm: &[u8]) -> Result<Linked> {
 
 /// A fresh store under `limits`, armed for instantiation (the init
 /// deadline); its output goes to the host log as `label`.
-pub(super) fn store(engine: &PolicyEngine, label: &str, limits: &PolicyLimits, log: Arc<LogCounters>) -> Store<PolicyState> {
+pub(super) fn store(
+    engine: &PolicyEngine,
+    label: &str,
+    limits: &PolicyLimits,
+    log: Arc<LogCounters>,
+) -> Store<PolicyState> {
     let mut store = Store::new(engine.engine(), PolicyState::new(label, limits, log));
     store.limiter(|state| &mut state.memory);
     arm(&mut store, limits.init_deadline, limits.fuel_per_call);

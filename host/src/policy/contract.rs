@@ -145,7 +145,12 @@ unsafe impl Lower for WorkerView {
         self.record().linear_lower_to_flat(cx, ty, dst)
     }
 
-    fn linear_lower_to_memory<T>(&self, cx: &mut LowerContext<'_, T>, ty: InterfaceType, offset: usize) -> wasmtime::Result<()> {
+    fn linear_lower_to_memory<T>(
+        &self,
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        offset: usize,
+    ) -> wasmtime::Result<()> {
         self.record().linear_lower_to_memory(cx, ty, offset)
     }
 

@@ -130,7 +130,12 @@ impl TryFrom<wit::Diagnostic> for Diagnostic {
             wit::Severity::Warning => Severity::Warning,
             wit::Severity::Info => Severity::Info,
         };
-        Ok(Diagnostic { severity, field: answer.field, message: answer.message, hint: answer.hint.filter(|h| !h.is_empty()) })
+        Ok(Diagnostic {
+            severity,
+            field: answer.field,
+            message: answer.message,
+            hint: answer.hint.filter(|h| !h.is_empty()),
+        })
     }
 }
 

@@ -69,13 +69,7 @@ impl PolicyEngine {
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
 
         Ok(PolicyEngine {
-            inner: Arc::new(EngineInner {
-                engine,
-                linker,
-                cache_dir,
-                compilations: AtomicU64::new(0),
-                ticker_stop,
-            }),
+            inner: Arc::new(EngineInner { engine, linker, cache_dir, compilations: AtomicU64::new(0), ticker_stop }),
         })
     }
 
@@ -117,7 +111,9 @@ impl PolicyEngine {
             // is rejected by wasmtime's header checks and recompiled below.
             match unsafe { Component::deserialize_file(&self.inner.engine, &path) } {
                 Ok(component) => return Ok(CompiledComponent { component, from_cache: true }),
-                Err(err) => tracing::warn!(path = %path.display(), error = %err, "discarding unreadable cached component"),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "discarding unreadable cached component")
+                }
             }
         }
         let component = self.compile_fresh(wasm)?;

@@ -94,4 +94,3 @@ impl fmt::Display for PolicyFault {
         write!(f, "{}: {}", self.kind, self.detail)
     }
 }
-

@@ -31,14 +31,14 @@ mod rules;
 mod slot;
 mod source;
 
+pub use compat_rules::{CompatRules, Finding, Level, Recommendation};
+pub use config_rules::{check_config, ConfigRules};
+pub use contract::{Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView};
 pub use engine::{CompiledComponent, PolicyEngine};
+pub use fault::{FaultKind, PolicyFault};
 pub use limits::PolicyLimits;
 pub use meta::PluginMeta;
 pub use native::least_loaded as native_least_loaded;
-pub use contract::{Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView};
-pub use compat_rules::{CompatRules, Finding, Level, Recommendation};
-pub use config_rules::{check_config, ConfigRules};
-pub use fault::{FaultKind, PolicyFault};
 pub use preflight::preflight;
 pub use router::{Routed, RouterInstance, RouterPolicy, RouterStats, RouterStatsSnapshot};
 pub use rules::RULES_LIMITS;

@@ -25,7 +25,8 @@ pub fn preflight(engine: &PolicyEngine, config: &Config) -> Result<()> {
             Severity::Info => tracing::info!(field = %diagnostic.field, hint, "config: {}", diagnostic.message),
         }
     }
-    let errors: Vec<String> = diagnostics.iter().filter(|d| d.is_error()).map(|d| d.to_string().replace('\n', "\n    ")).collect();
+    let errors: Vec<String> =
+        diagnostics.iter().filter(|d| d.is_error()).map(|d| d.to_string().replace('\n', "\n    ")).collect();
     if !errors.is_empty() {
         bail!(
             "config {} is refused by its rules ({}):\n  {}\n(`pitboss check --config {0}` lists every diagnostic)",
@@ -49,7 +50,9 @@ fn check_thread_pools(engine: &PolicyEngine, config: &Config) -> Result<()> {
     for pool in thread_pools {
         let env = match python::detect(&pool.python, Some(&cache)) {
             Ok(env) => env,
-            Err(err) if deny => return Err(err).with_context(|| format!("pool `{}`: cannot check its libraries", pool.name)),
+            Err(err) if deny => {
+                return Err(err).with_context(|| format!("pool `{}`: cannot check its libraries", pool.name))
+            }
             Err(err) => {
                 tracing::warn!(pool = %pool.name, "cannot check the libraries of a thread pool: {err}");
                 continue;
@@ -69,7 +72,10 @@ fn check_thread_pools(engine: &PolicyEngine, config: &Config) -> Result<()> {
                 finding.message
             );
             if finding.level == Level::Unsafe {
-                refused.push(format!("pool `{}`: {} {}: {}", pool.name, finding.library, finding.version, finding.message));
+                refused.push(format!(
+                    "pool `{}`: {} {}: {}",
+                    pool.name, finding.library, finding.version, finding.message
+                ));
             }
         }
     }

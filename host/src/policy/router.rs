@@ -28,8 +28,8 @@ mod bindings {
     });
 }
 
-use bindings::exports::pitboss::policy::{completion, routing};
 use super::contract::{self, Decision, PoolInfo, RequestView, WorkerState, WorkerView};
+use bindings::exports::pitboss::policy::{completion, routing};
 
 /// Registers the router contract's host side (its shared types) with the
 /// engine's linker.
@@ -67,21 +67,12 @@ impl RouterPolicy {
             anyhow!("{err:#}\nThe component is not a router: export it with `pitboss_guest::export_router!`")
         })?;
         let completion = completion::GuestIndices::new(&pre).ok();
-        let policy = RouterPolicy {
-            label,
-            meta,
-            limits,
-            engine: engine.clone(),
-            pre,
-            routing,
-            completion,
-            from_cache,
-        };
+        let policy = RouterPolicy { label, meta, limits, engine: engine.clone(), pre, routing, completion, from_cache };
         // Instantiating once proves the exports have the contract's types, so
         // a plugin built against another version fails here, not per request.
-        policy.bind(&RouterStats::default()).map_err(|fault| {
-            anyhow!("the component does not instantiate as a pitboss:policy@0.1.0 router: {fault}")
-        })?;
+        policy
+            .bind(&RouterStats::default())
+            .map_err(|fault| anyhow!("the component does not instantiate as a pitboss:policy@0.1.0 router: {fault}"))?;
         Ok(Arc::new(policy))
     }
 
@@ -244,15 +235,7 @@ impl RouterInstance {
         let policy = slot.current();
         let stats = Arc::new(RouterStats::default());
         let live = policy.instantiate(&pool, &stats)?;
-        Ok(RouterInstance {
-            slot,
-            policy,
-            pool,
-            live: Some(live),
-            retry_at: None,
-            retry_delay: FIRST_RETRY,
-            stats,
-        })
+        Ok(RouterInstance { slot, policy, pool, live: Some(live), retry_at: None, retry_delay: FIRST_RETRY, stats })
     }
 
     /// The version this instance runs (after the last decision).

@@ -57,8 +57,9 @@ impl<I> RulesComponent<I> {
         let wasm = source.read()?;
         let loaded = (|| {
             let linked = component::link(engine, &wasm)?;
-            let indices = indices(&linked.pre)
-                .map_err(|err| anyhow!("{err:#}\nThe component is not {kind}: export it with `pitboss_guest::{export_macro}!`"))?;
+            let indices = indices(&linked.pre).map_err(|err| {
+                anyhow!("{err:#}\nThe component is not {kind}: export it with `pitboss_guest::{export_macro}!`")
+            })?;
             let component = RulesComponent {
                 label: source.to_string(),
                 meta: linked.meta,
@@ -93,7 +94,8 @@ impl<I> RulesComponent<I> {
     ) -> Result<R, PolicyFault> {
         let limits = &RULES_LIMITS;
         let mut store = component::store(&self.engine, &self.label, limits, self.log.clone());
-        let instance = self.pre.instantiate(&mut store).map_err(|err| PolicyFault::from_call(&err, &store, "instantiate"))?;
+        let instance =
+            self.pre.instantiate(&mut store).map_err(|err| PolicyFault::from_call(&err, &store, "instantiate"))?;
         arm(&mut store, limits.call_deadline, limits.fuel_per_call);
         call(&self.indices, &mut store, &instance).map_err(|err| PolicyFault::from_call(&err, &store, during))
     }

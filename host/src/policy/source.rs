@@ -70,8 +70,7 @@ impl PolicySource {
         match builtins.iter().find(|b| b.name == name) {
             Some(builtin) => Ok(PolicySource::Builtin(builtin)),
             None => {
-                let known: Vec<String> =
-                    builtins.iter().map(|b| format!("{BUILTIN_PREFIX}{}", b.name)).collect();
+                let known: Vec<String> = builtins.iter().map(|b| format!("{BUILTIN_PREFIX}{}", b.name)).collect();
                 bail!("unknown built-in policy `{spec}`: the built-ins are {}", known.join(", "))
             }
         }

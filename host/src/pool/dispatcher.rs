@@ -3,8 +3,8 @@
 //! worker's life: startup in batches, liveness pings, memory samples,
 //! recycling by age, calls or memory, and replacement.
 
-use std::time::{Duration, Instant};
 use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
@@ -32,15 +32,35 @@ const SHUTDOWN_STEP: Duration = Duration::from_secs(2);
 const MAX_HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
 
 pub(super) enum Event {
-    Submit { request: CallRequest, reply: oneshot::Sender<Result<CallOutput, CallError>> },
-    Finished { worker: u32, request_id: u64, deadline: Instant, tool: String, ok: bool, latency: Duration, timed_out: bool },
-    Started { id: u32, outcome: Result<WorkerHandle, StartError> },
+    Submit {
+        request: CallRequest,
+        reply: oneshot::Sender<Result<CallOutput, CallError>>,
+    },
+    Finished {
+        worker: u32,
+        request_id: u64,
+        deadline: Instant,
+        tool: String,
+        ok: bool,
+        latency: Duration,
+        timed_out: bool,
+    },
+    Started {
+        id: u32,
+        outcome: Result<WorkerHandle, StartError>,
+    },
     Exited(WorkerExit),
     Replace,
     NextStartupBatch,
-    Recycle { worker: u32, reply: oneshot::Sender<Result<(), RecycleError>> },
+    Recycle {
+        worker: u32,
+        reply: oneshot::Sender<Result<(), RecycleError>>,
+    },
     Status(oneshot::Sender<PoolStatus>),
-    Shutdown { grace: Duration, done: oneshot::Sender<()> },
+    Shutdown {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
 }
 
 struct Worker {
@@ -199,7 +219,11 @@ pub(super) fn spawn(
 }
 
 impl Dispatcher {
-    async fn run(mut self, mut incoming: mpsc::UnboundedReceiver<Event>, mut exits: mpsc::UnboundedReceiver<WorkerExit>) {
+    async fn run(
+        mut self,
+        mut incoming: mpsc::UnboundedReceiver<Event>,
+        mut exits: mpsc::UnboundedReceiver<WorkerExit>,
+    ) {
         let period = self.config.lifecycle.ping_interval.min(MAX_HOUSEKEEPING_PERIOD);
         let mut housekeeping = tokio::time::interval(period);
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -260,10 +284,13 @@ impl Dispatcher {
                     self.restarts += 1;
                     let id = self.start_worker();
                     // A draining worker whose replacement failed waits for this one.
-                    if let Some(draining) = self.workers.iter_mut().find(|w| {
-                        matches!(w.retirement.map(|r| r.stage), Some(Stage::Draining { replacement: None }))
-                    }) {
-                        draining.retirement.as_mut().expect("matched above").stage = Stage::Draining { replacement: Some(id) };
+                    if let Some(draining) = self
+                        .workers
+                        .iter_mut()
+                        .find(|w| matches!(w.retirement.map(|r| r.stage), Some(Stage::Draining { replacement: None })))
+                    {
+                        draining.retirement.as_mut().expect("matched above").stage =
+                            Stage::Draining { replacement: Some(id) };
                     }
                 }
             }
@@ -376,7 +403,8 @@ impl Dispatcher {
         worker.in_flight += 1;
         worker.dispatched += 1;
         let used_up = worker.limits.max_requests.is_some_and(|max| worker.dispatched >= max);
-        let nearly_used_up = worker.limits.max_requests.is_some_and(|max| worker.dispatched + prestart_lead(max) >= max);
+        let nearly_used_up =
+            worker.limits.max_requests.is_some_and(|max| worker.dispatched + prestart_lead(max) >= max);
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let Queued { request, reply, .. } = queued;
@@ -406,7 +434,10 @@ impl Dispatcher {
             // The pool hears first, so a caller who asks for the pool's
             // status after its answer never sees its call still in flight.
             let ok = result.is_ok();
-            notify(&events, Event::Finished { worker: worker_id, request_id, deadline, tool, ok, latency: duration, timed_out });
+            notify(
+                &events,
+                Event::Finished { worker: worker_id, request_id, deadline, tool, ok, latency: duration, timed_out },
+            );
             let _ = reply.send(result);
         });
         handle.call(request_id, &request.tool, request.content_type, request.payload, on_answer);
@@ -502,7 +533,14 @@ impl Dispatcher {
         // A replacement already started for it takes its place.
         let replacement_started = worker.successor.take().is_some()
             || matches!(worker.retirement.map(|r| r.stage), Some(Stage::Draining { replacement: Some(_) }));
-        worker.retirement = Some(Retirement { reason, stage: if replacement_started { Stage::Stopping { next: far_future(), signals_sent: 2 } } else { Stage::Killed } });
+        worker.retirement = Some(Retirement {
+            reason,
+            stage: if replacement_started {
+                Stage::Stopping { next: far_future(), signals_sent: 2 }
+            } else {
+                Stage::Killed
+            },
+        });
         self.recycles.add(reason);
     }
 
@@ -582,7 +620,8 @@ impl Dispatcher {
             return Err(RecycleError::NotFound(message));
         };
         if let Some(retirement) = worker.retirement {
-            let message = format!("worker {worker_id} of pool `{pool}` is already being retired ({})", retirement.reason);
+            let message =
+                format!("worker {worker_id} of pool `{pool}` is already being retired ({})", retirement.reason);
             return Err(RecycleError::Refused(message));
         }
         if worker.handle.is_none() {
@@ -711,8 +750,10 @@ impl Dispatcher {
                 self.workers[position].rss_bytes = handle.rss_bytes().unwrap_or(0);
                 if self.shutdown.is_some() {
                     handle.shutdown();
-                    self.workers[position].retirement =
-                        Some(Retirement { reason: Reason::Manual, stage: Stage::Stopping { next: far_future(), signals_sent: 2 } });
+                    self.workers[position].retirement = Some(Retirement {
+                        reason: Reason::Manual,
+                        stage: Stage::Stopping { next: far_future(), signals_sent: 2 },
+                    });
                 }
                 self.workers[position].handle = Some(handle);
                 if let Some(report) = self.starting.take() {
@@ -774,7 +815,11 @@ impl Dispatcher {
         if self.profile == Profile::Thread {
             if hello.gil_enabled && !self.warned_gil {
                 self.warned_gil = true;
-                let build = if hello.free_threaded_build { "a free-threaded build with the GIL turned back on by an import" } else { "not a free-threaded build" };
+                let build = if hello.free_threaded_build {
+                    "a free-threaded build with the GIL turned back on by an import"
+                } else {
+                    "not a free-threaded build"
+                };
                 tracing::warn!(pool = %self.config.name, python = %hello.python_version,
                     "thread pool runs with the GIL enabled ({build}): its calls overlap only while they wait on I/O \
                      or run native code that releases the GIL; use a free-threaded Python (3.13t) for CPU-bound Python code");
@@ -964,7 +1009,8 @@ impl Dispatcher {
             crashes: self.crashes,
             restarts: self.restarts,
             recycles: self.recycles.clone(),
-            degraded: self.consecutive_crashes >= DEGRADED_AFTER || self.replacements_due > 0 && self.consecutive_crashes > 1,
+            degraded: self.consecutive_crashes >= DEGRADED_AFTER
+                || self.replacements_due > 0 && self.consecutive_crashes > 1,
             router: self.router.policy().label().to_owned(),
             router_stats: self.router.stats().snapshot(),
             facts: self.facts.clone(),

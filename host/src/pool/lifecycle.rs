@@ -183,7 +183,8 @@ mod tests {
         let spread: std::collections::BTreeSet<u64> =
             (0..50).map(|_| WorkerLimits::jittered(&lifecycle).max_requests.unwrap()).collect();
         assert!(spread.len() > 5, "jitter spreads workers apart: {spread:?}");
-        let exact = WorkerLimits::jittered(&Lifecycle { worker_max_requests: Some(5), recycle_jitter: 0.0, ..lifecycle });
+        let exact =
+            WorkerLimits::jittered(&Lifecycle { worker_max_requests: Some(5), recycle_jitter: 0.0, ..lifecycle });
         assert_eq!(exact.max_requests, Some(5));
     }
 

@@ -21,7 +21,6 @@ use crate::policy::{RouterInstance, RouterStatsSnapshot};
 use crate::worker::{ContentType, Spawner, StartError, WorkerError, WorkerRecords};
 pub use lifecycle::{usable_cpus, Reason, RecycleCounts};
 
-
 /// One call to a tool.
 #[derive(Clone, Debug)]
 pub struct CallRequest {
@@ -279,9 +278,9 @@ impl Pool {
         if self.events.send(dispatcher::Event::Submit { request, reply }).is_err() {
             return Err(CallError::new(ErrorKind::ShuttingDown, format!("pool `{}` has stopped", self.name)));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(CallError::new(ErrorKind::ShuttingDown, format!("pool `{}` has stopped", self.name))))
+        answer.await.unwrap_or_else(|_| {
+            Err(CallError::new(ErrorKind::ShuttingDown, format!("pool `{}` has stopped", self.name)))
+        })
     }
 
     /// Recycles one worker the way the lifecycle limits do: it takes no new

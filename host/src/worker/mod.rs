@@ -31,8 +31,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-pub use protocol::{ContentType, Hello, WorkerError};
 use protocol::{read_frame, Frame, PROTOCOL_VERSION};
+pub use protocol::{ContentType, Hello, WorkerError};
 pub use records::{process_start_time, WorkerRecords};
 pub use spawn::Spawner;
 
@@ -68,7 +68,10 @@ pub struct WorkerSpec {
 /// How one call ended, from the worker's side.
 #[derive(Debug)]
 pub enum CallOutcome {
-    Done { content_type: ContentType, payload: Bytes },
+    Done {
+        content_type: ContentType,
+        payload: Bytes,
+    },
     Failed(WorkerError),
     /// The worker died before answering; says how.
     Crashed(String),
@@ -263,19 +266,16 @@ pub async fn start(
     records: &WorkerRecords,
     exits: mpsc::UnboundedSender<WorkerExit>,
 ) -> Result<WorkerHandle, StartError> {
-    let fail = |reason: String, output: Vec<String>| StartError {
-        pool: spec.pool.clone(),
-        worker: spec.id,
-        reason,
-        output,
-    };
+    let fail =
+        |reason: String, output: Vec<String>| StartError { pool: spec.pool.clone(), worker: spec.id, reason, output };
     let _ = std::fs::remove_file(&spec.socket_path);
     let listener = UnixListener::bind(&spec.socket_path)
         .map_err(|err| fail(format!("cannot listen on {}: {err}", spec.socket_path.display()), Vec::new()))?;
 
-    let mut child = spawner.spawn(command(spec)).await.map_err(|err| {
-        fail(format!("cannot run the interpreter {}: {err}", spec.python), Vec::new())
-    })?;
+    let mut child = spawner
+        .spawn(command(spec))
+        .await
+        .map_err(|err| fail(format!("cannot run the interpreter {}: {err}", spec.python), Vec::new()))?;
     let pid = child.id().unwrap_or_default();
     let tail = OutputTail::default();
     let drains = [
@@ -446,7 +446,9 @@ impl Driver {
         tokio::spawn(async move {
             let ended = loop {
                 let (call, outcome) = match read_frame(&mut call_reader).await {
-                    Ok(Some(Frame::Result { id, content_type, payload })) => (id, CallOutcome::Done { content_type, payload }),
+                    Ok(Some(Frame::Result { id, content_type, payload })) => {
+                        (id, CallOutcome::Done { content_type, payload })
+                    }
                     Ok(Some(Frame::Error { id, error })) => (id, CallOutcome::Failed(error)),
                     Ok(Some(other)) => {
                         tracing::warn!(pool = %call_pool, worker = id, "ignoring an unexpected frame on the call connection: {other:?}");

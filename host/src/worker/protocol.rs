@@ -287,10 +287,16 @@ mod tests {
         assert!(read_frame(&mut &oversized[..]).await.is_err());
         let truncated = [0, 0, 0, 20, 2, 0];
         assert!(read_frame(&mut &truncated[..]).await.is_err());
-        for body in [&[0x02u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 9][..], &[0x03, 0, 0, 0, 0, 0, 0, 0, 1][..], &[0x7f, 0, 0, 0, 0, 0, 0, 0, 1][..], &[0x01, 0, 0, 0, 0, 0, 0, 0, 0, b'{'][..]] {
+        for body in [
+            &[0x02u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 9][..],
+            &[0x03, 0, 0, 0, 0, 0, 0, 0, 1][..],
+            &[0x7f, 0, 0, 0, 0, 0, 0, 0, 1][..],
+            &[0x01, 0, 0, 0, 0, 0, 0, 0, 0, b'{'][..],
+        ] {
             assert!(Frame::decode(Bytes::copy_from_slice(body)).is_err(), "{body:?}");
         }
-        let long_tool = Frame::Call { id: 1, tool: "x".repeat(70_000), content_type: ContentType::Json, payload: Bytes::new() };
+        let long_tool =
+            Frame::Call { id: 1, tool: "x".repeat(70_000), content_type: ContentType::Json, payload: Bytes::new() };
         assert!(long_tool.encode().is_err());
     }
 }

@@ -36,7 +36,11 @@ pub fn check(env: &PythonEnv, profile: Profile, library: &Library) -> Finding {
             .workaround("test it under load in a thread pool before relying on it, or use a process pool");
     };
     let Some(version) = Version::parse(&library.version) else {
-        return Finding::new(library, Level::Unknown, format!("version `{}` is not a PEP 440 version; cannot compare it", library.version));
+        return Finding::new(
+            library,
+            Level::Unknown,
+            format!("version `{}` is not a PEP 440 version; cannot compare it", library.version),
+        );
     };
     match profile {
         Profile::Process => Finding::new(library, Level::Ok, "process workers run one call at a time"),
@@ -50,8 +54,12 @@ fn in_threads(env: &PythonEnv, entry: &Entry, library: &Library, version: &Versi
         return Finding::new(library, Level::Unsafe, entry.notes).workaround(entry.workaround);
     }
     if let Some(min) = entry.min_version.filter(|min| version < &parsed(min)) {
-        return Finding::new(library, Level::Unsafe, format!("{name} {} is older than {min}, the first version safe in threads", library.version))
-            .workaround(format!("upgrade: pip install '{name}>={min}'; or use a process pool"));
+        return Finding::new(
+            library,
+            Level::Unsafe,
+            format!("{name} {} is older than {min}, the first version safe in threads", library.version),
+        )
+        .workaround(format!("upgrade: pip install '{name}>={min}'; or use a process pool"));
     }
     if let Some(message) = turns_gil_on(env, entry, library, version) {
         let upgrade = entry.free_threaded_since.map_or("a process pool runs it at full speed".to_owned(), |since| {
@@ -104,7 +112,8 @@ pub fn recommend(env: &PythonEnv, libraries: &[Library]) -> Recommendation {
     let findings: Vec<Finding> = libraries.iter().map(|library| check(env, Profile::Thread, library)).collect();
     for (library, finding) in libraries.iter().zip(&findings) {
         if finding.level == Level::Unsafe {
-            blockers.push(format!("{} {} is unsafe in thread workers: {}", library.name, library.version, finding.message));
+            blockers
+                .push(format!("{} {} is unsafe in thread workers: {}", library.name, library.version, finding.message));
         }
     }
     if !blockers.is_empty() {
@@ -148,7 +157,11 @@ mod tests {
         let gil = env(false, true);
         assert_eq!(level(&gil, Profile::Thread, "xgboost", "1.3.3"), Level::Unsafe);
         assert_eq!(level(&gil, Profile::Thread, "xgboost", "1.4.0"), Level::Warning);
-        assert_eq!(level(&gil, Profile::Thread, "xgboost", "1.10.0"), Level::Warning, "1.10 > 1.4, not a string compare");
+        assert_eq!(
+            level(&gil, Profile::Thread, "xgboost", "1.10.0"),
+            Level::Warning,
+            "1.10 > 1.4, not a string compare"
+        );
         assert_eq!(level(&gil, Profile::Thread, "numpy", "1.18.5"), Level::Unsafe);
         assert_eq!(level(&gil, Profile::Thread, "numpy", "2.1.0"), Level::Ok);
         assert_eq!(level(&gil, Profile::Thread, "xgboost", "1.4.0rc1"), Level::Unsafe, "a pre-release is older");

@@ -48,8 +48,22 @@ impl Version {
             None => 0,
         };
         let (release, mut rest) = release(rest)?;
-        let pre = labelled(&mut rest, &[("alpha", PreKind::Alpha), ("a", PreKind::Alpha), ("beta", PreKind::Beta), ("b", PreKind::Beta), ("rc", PreKind::Candidate), ("c", PreKind::Candidate), ("preview", PreKind::Candidate), ("pre", PreKind::Candidate)]);
-        let post = labelled(&mut rest, &[("post", ()), ("rev", ()), ("r", ())]).map(|(_, n)| n).or_else(|| implicit_post(&mut rest));
+        let pre = labelled(
+            &mut rest,
+            &[
+                ("alpha", PreKind::Alpha),
+                ("a", PreKind::Alpha),
+                ("beta", PreKind::Beta),
+                ("b", PreKind::Beta),
+                ("rc", PreKind::Candidate),
+                ("c", PreKind::Candidate),
+                ("preview", PreKind::Candidate),
+                ("pre", PreKind::Candidate),
+            ],
+        );
+        let post = labelled(&mut rest, &[("post", ()), ("rev", ()), ("r", ())])
+            .map(|(_, n)| n)
+            .or_else(|| implicit_post(&mut rest));
         let dev = labelled(&mut rest, &[("dev", ())]).map(|(_, n)| n);
         if !rest.is_empty() {
             return None;
@@ -60,7 +74,9 @@ impl Version {
                 .split(['.', '-', '_'])
                 .map(|part| match part.parse() {
                     Ok(n) => Some(LocalPart::Number(n)),
-                    Err(_) if !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()) => Some(LocalPart::Text(part.to_owned())),
+                    Err(_) if !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                        Some(LocalPart::Text(part.to_owned()))
+                    }
                     Err(_) => None,
                 })
                 .collect::<Option<_>>()?,
@@ -95,7 +111,8 @@ fn labelled<T: Copy>(rest: &mut &str, labels: &[(&str, T)]) -> Option<(T, u64)> 
     let after = &text[label.len()..];
     let after_sep = after.strip_prefix(['.', '-', '_']).unwrap_or(after);
     let digits = after_sep.find(|c: char| !c.is_ascii_digit()).unwrap_or(after_sep.len());
-    let (number, tail) = if digits == 0 { (0, after) } else { (after_sep[..digits].parse().ok()?, &after_sep[digits..]) };
+    let (number, tail) =
+        if digits == 0 { (0, after) } else { (after_sep[..digits].parse().ok()?, &after_sep[digits..]) };
     *rest = tail;
     Some((*kind, number))
 }
@@ -168,9 +185,26 @@ mod tests {
     #[test]
     fn the_pep_440_example_order() {
         let ordered = [
-            "1.0.dev456", "1.0a1", "1.0a2.dev456", "1.0a12.dev456", "1.0a12", "1.0b1.dev456", "1.0b2",
-            "1.0b2.post345.dev456", "1.0b2.post345", "1.0rc1.dev456", "1.0rc1", "1.0", "1.0+abc.5", "1.0+abc.7",
-            "1.0+5", "1.0.post456.dev34", "1.0.post456", "1.0.15", "1.1.dev1", "1!0.1",
+            "1.0.dev456",
+            "1.0a1",
+            "1.0a2.dev456",
+            "1.0a12.dev456",
+            "1.0a12",
+            "1.0b1.dev456",
+            "1.0b2",
+            "1.0b2.post345.dev456",
+            "1.0b2.post345",
+            "1.0rc1.dev456",
+            "1.0rc1",
+            "1.0",
+            "1.0+abc.5",
+            "1.0+abc.7",
+            "1.0+5",
+            "1.0.post456.dev34",
+            "1.0.post456",
+            "1.0.15",
+            "1.1.dev1",
+            "1!0.1",
         ];
         for pair in ordered.windows(2) {
             assert!(v(pair[0]) < v(pair[1]), "{} < {}", pair[0], pair[1]);

@@ -53,7 +53,10 @@ pub fn validate(config: &HostConfig) -> Vec<Diagnostic> {
     let mut seen = BTreeMap::new();
     for (index, pool) in config.pools.iter().enumerate() {
         if pool.name.trim().is_empty() {
-            out.push(Diagnostic::error(format!("pool[{index}].name"), "must not be empty").hint("name the pool; callers use the name"));
+            out.push(
+                Diagnostic::error(format!("pool[{index}].name"), "must not be empty")
+                    .hint("name the pool; callers use the name"),
+            );
         } else if let Some(first) = seen.insert(pool.name.as_str(), index) {
             out.push(
                 Diagnostic::error(pool.field("name"), format!("`{}` names pools {first} and {index}", pool.name))
@@ -71,7 +74,9 @@ fn unknown_keys(extra: &[ExtraSetting], prefix: &str, out: &mut Vec<Diagnostic>)
     for setting in extra {
         let hint = match &setting.closest_known {
             Some(known) => format!("did you mean `{known}`?"),
-            None => "pitboss does not use this key: remove it, or name config rules that do in host.config_rules".into(),
+            None => {
+                "pitboss does not use this key: remove it, or name config rules that do in host.config_rules".into()
+            }
         };
         out.push(Diagnostic::error(format!("{prefix}{}", setting.key), "unknown key").hint(hint));
     }
@@ -96,12 +101,18 @@ fn profile_rules(pool: &PoolSettings, cpus: u32, out: &mut Vec<Diagnostic>) {
         Profile::Process => {
             if threads != 1 {
                 out.push(
-                    Diagnostic::error(pool.field("threads_per_worker"), format!("a process pool serves one call per worker (got {threads})"))
-                        .hint("set `profile = \"thread\"`, or remove threads_per_worker"),
+                    Diagnostic::error(
+                        pool.field("threads_per_worker"),
+                        format!("a process pool serves one call per worker (got {threads})"),
+                    )
+                    .hint("set `profile = \"thread\"`, or remove threads_per_worker"),
                 );
             }
             if pool.fallback_profile.is_some() {
-                out.push(Diagnostic::error(pool.field("fallback_profile"), "only thread pools fall back").hint("remove the key"));
+                out.push(
+                    Diagnostic::error(pool.field("fallback_profile"), "only thread pools fall back")
+                        .hint("remove the key"),
+                );
             }
             if pool.thread_safety_checks {
                 out.push(
@@ -119,14 +130,19 @@ fn profile_rules(pool: &PoolSettings, cpus: u32, out: &mut Vec<Diagnostic>) {
         Profile::Thread => {
             if threads < 2 {
                 out.push(
-                    Diagnostic::error(pool.field("threads_per_worker"), format!("a thread pool needs at least 2 threads per worker (got {threads})"))
-                        .hint("use `profile = \"process\"` for one call per worker"),
+                    Diagnostic::error(
+                        pool.field("threads_per_worker"),
+                        format!("a thread pool needs at least 2 threads per worker (got {threads})"),
+                    )
+                    .hint("use `profile = \"process\"` for one call per worker"),
                 );
             } else if u64::from(threads) > THREADS_PER_CPU * u64::from(cpus) {
                 out.push(
                     Diagnostic::warning(
                         pool.field("threads_per_worker"),
-                        format!("{threads} threads per worker is more than {THREADS_PER_CPU}× this machine's {cpus} CPUs"),
+                        format!(
+                            "{threads} threads per worker is more than {THREADS_PER_CPU}× this machine's {cpus} CPUs"
+                        ),
                     )
                     .hint("more threads than that only help code that waits on I/O"),
                 );
@@ -145,7 +161,8 @@ fn profile_rules(pool: &PoolSettings, cpus: u32, out: &mut Vec<Diagnostic>) {
 /// In a thread pool every call thread starts its own BLAS/OpenMP team.
 fn blas_rules(pool: &PoolSettings, out: &mut Vec<Diagnostic>) {
     for (key, value) in &pool.env {
-        let Some(blas) = BLAS_VARIABLES.iter().find(|v| *v == key).and_then(|_| value.trim().parse::<u64>().ok()) else {
+        let Some(blas) = BLAS_VARIABLES.iter().find(|v| *v == key).and_then(|_| value.trim().parse::<u64>().ok())
+        else {
             continue;
         };
         if blas > 1 {
@@ -153,7 +170,10 @@ fn blas_rules(pool: &PoolSettings, out: &mut Vec<Diagnostic>) {
             out.push(
                 Diagnostic::warning(
                     pool.field(&format!("env.{key}")),
-                    format!("{threads} call threads × {blas} {key} threads = {} native threads per worker", threads * blas),
+                    format!(
+                        "{threads} call threads × {blas} {key} threads = {} native threads per worker",
+                        threads * blas
+                    ),
                 )
                 .hint(format!("set {key} = \"1\" in a thread pool: the pool's threads are the parallelism")),
             );
@@ -169,11 +189,16 @@ fn timeout_rules(pool: &PoolSettings, out: &mut Vec<Diagnostic>) {
         ("ping_interval", pool.ping_interval_ms),
     ] {
         if ms == 0 {
-            out.push(Diagnostic::error(pool.field(key), "must be longer than zero").hint("write a duration with its unit, e.g. \"30s\""));
+            out.push(
+                Diagnostic::error(pool.field(key), "must be longer than zero")
+                    .hint("write a duration with its unit, e.g. \"30s\""),
+            );
         }
     }
     if pool.max_missed_pings == 0 {
-        out.push(Diagnostic::error(pool.field("max_missed_pings"), "must be ≥ 1 (got 0)").hint("3 tolerates a busy moment"));
+        out.push(
+            Diagnostic::error(pool.field("max_missed_pings"), "must be ≥ 1 (got 0)").hint("3 tolerates a busy moment"),
+        );
     }
 }
 
@@ -185,31 +210,47 @@ fn lifecycle_rules(pool: &PoolSettings, config: &HostConfig, out: &mut Vec<Diagn
         );
     }
     if pool.worker_max_requests == Some(0) {
-        out.push(Diagnostic::error(pool.field("worker_max_requests"), "must be ≥ 1 (got 0)").hint("leave it out for no limit"));
+        out.push(
+            Diagnostic::error(pool.field("worker_max_requests"), "must be ≥ 1 (got 0)")
+                .hint("leave it out for no limit"),
+        );
     }
     match pool.worker_max_rss_bytes {
         Some(0) => {
-            out.push(Diagnostic::error(pool.field("worker_max_rss"), "must be more than zero").hint("leave it out for no limit"));
+            out.push(
+                Diagnostic::error(pool.field("worker_max_rss"), "must be more than zero")
+                    .hint("leave it out for no limit"),
+            );
         }
         Some(rss) if rss < SMALLEST_USEFUL_RSS => out.push(
             Diagnostic::warning(
                 pool.field("worker_max_rss"),
-                format!("{} is less than an idle Python worker uses; workers would be recycled after every call", bytes(rss)),
+                format!(
+                    "{} is less than an idle Python worker uses; workers would be recycled after every call",
+                    bytes(rss)
+                ),
             )
             .hint("allow at least a few hundred MiB"),
         ),
-        Some(rss) if config.machine.memory_bytes > 0 && rss > config.machine.memory_bytes => out.push(
-            Diagnostic::warning(
+        Some(rss) if config.machine.memory_bytes > 0 && rss > config.machine.memory_bytes => {
+            out.push(Diagnostic::warning(
                 pool.field("worker_max_rss"),
-                format!("{} is more than this machine's {} of memory; the limit never applies", bytes(rss), bytes(config.machine.memory_bytes)),
-            ),
-        ),
+                format!(
+                    "{} is more than this machine's {} of memory; the limit never applies",
+                    bytes(rss),
+                    bytes(config.machine.memory_bytes)
+                ),
+            ))
+        }
         _ => {}
     }
     if !(0.0..=0.5).contains(&pool.recycle_jitter) {
         out.push(
-            Diagnostic::error(pool.field("recycle_jitter"), format!("must be a fraction from 0 to 0.5 (got {})", pool.recycle_jitter))
-                .hint("0.1 spreads recycling by up to 10%"),
+            Diagnostic::error(
+                pool.field("recycle_jitter"),
+                format!("must be a fraction from 0 to 0.5 (got {})", pool.recycle_jitter),
+            )
+            .hint("0.1 spreads recycling by up to 10%"),
         );
     }
     if pool.max_concurrent_recycles == 0 {
@@ -221,14 +262,18 @@ fn lifecycle_rules(pool: &PoolSettings, config: &HostConfig, out: &mut Vec<Diagn
         out.push(
             Diagnostic::warning(
                 pool.field("max_concurrent_recycles"),
-                format!("{} lets all {} workers drain at once; the pool would stop serving", pool.max_concurrent_recycles, pool.size),
+                format!(
+                    "{} lets all {} workers drain at once; the pool would stop serving",
+                    pool.max_concurrent_recycles, pool.size
+                ),
             )
             .hint("keep it below the pool's size"),
         );
     }
     if pool.startup_batch_size == 0 {
         out.push(
-            Diagnostic::error(pool.field("startup_batch_size"), "must be ≥ 1 (got 0)").hint("8 starts eight workers at a time"),
+            Diagnostic::error(pool.field("startup_batch_size"), "must be ≥ 1 (got 0)")
+                .hint("8 starts eight workers at a time"),
         );
     } else {
         let batches = u64::from(pool.size.div_ceil(pool.startup_batch_size));
@@ -263,8 +308,11 @@ fn totals(config: &HostConfig, out: &mut Vec<Diagnostic>) {
         let parts: Vec<String> =
             config.pools.iter().map(|p| format!("{} {}×{}", p.name, p.size, p.threads_per_worker)).collect();
         out.push(
-            Diagnostic::warning("pool", format!("the pools run {calls} calls at once ({}) on {cpus} CPUs", parts.join(", ")))
-                .hint("CPU-bound calls will queue for the CPUs; fewer workers or threads lose nothing"),
+            Diagnostic::warning(
+                "pool",
+                format!("the pools run {calls} calls at once ({}) on {cpus} CPUs", parts.join(", ")),
+            )
+            .hint("CPU-bound calls will queue for the CPUs; fewer workers or threads lose nothing"),
         );
     }
     let memory = config.machine.memory_bytes;
@@ -278,7 +326,12 @@ fn totals(config: &HostConfig, out: &mut Vec<Diagnostic>) {
         out.push(
             Diagnostic::warning(
                 "pool",
-                format!("workers may grow to {} in all ({}), more than this machine's {}", bytes(worst), parts.join(", "), bytes(memory)),
+                format!(
+                    "workers may grow to {} in all ({}), more than this machine's {}",
+                    bytes(worst),
+                    parts.join(", "),
+                    bytes(memory)
+                ),
             )
             .hint("lower worker_max_rss or the pool sizes, or the machine will swap before workers are recycled"),
         );

@@ -17,9 +17,7 @@ impl Router for BadDecision {
             "draining" => workers.iter().find(|w| w.state == WorkerState::Draining),
             "starting" => workers.iter().find(|w| w.state == WorkerState::Starting),
             "full" => workers.iter().find(|w| w.in_flight >= w.capacity),
-            "ordinary" => {
-                return pitboss_guest::decide_least_loaded(workers)
-            }
+            "ordinary" => return pitboss_guest::decide_least_loaded(workers),
             _ => None,
         };
         Decision::Worker(target.map_or(u32::MAX, |w| w.id))

@@ -15,8 +15,11 @@ impl ConfigRules for MaxFourWorkers {
             .iter()
             .filter(|pool| pool.size > MAX_WORKERS)
             .map(|pool| {
-                Diagnostic::error(pool.field("size"), format!("this site allows at most {MAX_WORKERS} workers per pool (got {})", pool.size))
-                    .hint("split the work over several pools, or ask the operators for a bigger machine")
+                Diagnostic::error(
+                    pool.field("size"),
+                    format!("this site allows at most {MAX_WORKERS} workers per pool (got {})", pool.size),
+                )
+                .hint("split the work over several pools, or ask the operators for a bigger machine")
             })
             .collect()
     }
