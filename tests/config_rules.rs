@@ -32,10 +32,14 @@ fn diagnose(engine: &PolicyEngine, text: &str) -> Vec<(Severity, String)> {
     diagnostics.into_iter().map(|d| (d.severity, d.field)).collect()
 }
 
+/// A case: what it is, the config text, and every diagnostic expected
+/// (severity and field path), in order.
+type Case<'a> = (&'a str, String, Vec<(Severity, &'a str)>);
+
 #[test]
 fn bad_configs_give_exactly_these_diagnostics() {
     let thread = "[[pool]]\nname = \"t\"\nadapter = \"m\"\nsize = 1\nprofile = \"thread\"\nthreads_per_worker = 2\n";
-    let cases: Vec<(&str, String, Vec<(Severity, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         ("a good pool", POOL.into(), vec![]),
         ("no pools", "[host]\n".into(), vec![(Error, "pool")]),
         ("missing adapter", "[[pool]]\nname = \"p\"\nsize = 1\n".into(), vec![(Error, "pool.p.adapter")]),
