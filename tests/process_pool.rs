@@ -162,12 +162,21 @@ async fn a_call_past_its_timeout_fails_and_its_worker_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_caller_timeout_overrides_the_pools() {
-    let (_dir, host) = start("size = 1").await;
+async fn a_caller_may_shorten_the_pools_timeout_but_not_lengthen_it() {
+    let (_dir, host) = start("size = 1\nrequest_timeout = \"1s\"").await;
     let mut request = call("sleep", json!({"seconds": 5}));
     request.timeout = Some(Duration::from_millis(300));
     let err = host.execute("pool", request).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Timeout);
+    assert!(err.message.contains("300ms"), "{err}");
+
+    let mut request = call("sleep", json!({"seconds": 5}));
+    request.timeout = Some(Duration::from_secs(30));
+    let started = Instant::now();
+    let err = host.execute("pool", request).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    assert!(err.message.contains("1s"), "the pool's limit holds: {err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     host.shutdown().await;
 }
 

@@ -23,7 +23,8 @@ pub struct Args {
     /// The host's API address.
     #[arg(long, default_value = DEFAULT_API_ADDRESS)]
     addr: SocketAddr,
-    /// Worker-side time limit, e.g. "5s" (default: the pool's request_timeout).
+    /// Worker-side time limit, e.g. "5s": at most the pool's request_timeout
+    /// (the default).
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<std::time::Duration>,
     /// Session key, for affinity-aware routing policies.

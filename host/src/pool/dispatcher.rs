@@ -408,7 +408,9 @@ impl Dispatcher {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let Queued { request, reply, .. } = queued;
-        let timeout = request.timeout.unwrap_or(self.config.request_timeout);
+        // A caller may ask for less time than the pool allows, never more.
+        let timeout =
+            request.timeout.map_or(self.config.request_timeout, |asked| asked.min(self.config.request_timeout));
         let started = Instant::now();
         let deadline = started + timeout;
         self.call_deadlines.insert((deadline, request_id, worker_id));

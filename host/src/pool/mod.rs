@@ -31,7 +31,8 @@ pub struct CallRequest {
     pub session: Option<String>,
     /// Caller metadata, shown to the router.
     pub metadata: Vec<(String, String)>,
-    /// Worker-side time limit; `None` uses the pool's `request_timeout`.
+    /// Worker-side time limit, at most the pool's `request_timeout`; `None`
+    /// uses that.
     pub timeout: Option<Duration>,
 }
 
