@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use tonic::transport::Channel;
+use anyhow::Result;
 
+use super::client::with_host;
 use crate::api::proto::{self, admin_client::AdminClient, pitboss_client::PitbossClient};
 use crate::config::DEFAULT_API_ADDRESS;
 
@@ -29,22 +29,12 @@ pub struct RecycleArgs {
     addr: SocketAddr,
 }
 
-async fn connect(addr: SocketAddr) -> Result<Channel> {
-    Channel::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach pitboss at {addr} (is `pitboss serve` running?)"))
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
-}
-
 pub fn status(args: &StatusArgs) -> Result<ExitCode> {
-    let pools = runtime()?.block_on(async {
-        let mut client = PitbossClient::new(connect(args.addr).await?);
-        Ok::<_, anyhow::Error>(client.list_pools(proto::ListPoolsRequest {}).await?.into_inner().pools)
-    })?;
+    let pools = with_host(args.addr, async |channel| {
+        PitbossClient::new(channel).list_pools(proto::ListPoolsRequest {}).await
+    })??
+    .into_inner()
+    .pools;
     for pool in &pools {
         print_pool(pool);
     }
@@ -100,11 +90,8 @@ fn print_pool(pool: &proto::PoolStatus) {
 }
 
 pub fn recycle(args: &RecycleArgs) -> Result<ExitCode> {
-    let answer = runtime()?.block_on(async {
-        let mut client = AdminClient::new(connect(args.addr).await?);
-        let request = proto::RecycleWorkerRequest { pool: args.pool.clone(), worker: args.worker };
-        Ok::<_, anyhow::Error>(client.recycle_worker(request).await)
-    })?;
+    let request = proto::RecycleWorkerRequest { pool: args.pool.clone(), worker: args.worker };
+    let answer = with_host(args.addr, async |channel| AdminClient::new(channel).recycle_worker(request).await)?;
     match answer {
         Ok(_) => {
             println!("worker {} of pool `{}` is draining; its replacement is starting", args.worker, args.pool);

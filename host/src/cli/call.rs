@@ -6,8 +6,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
+use super::client::with_host;
 use crate::api::proto::{pitboss_client::PitbossClient, ContentType, ExecuteRequest};
 use crate::config::{parse_duration, DEFAULT_API_ADDRESS};
 
@@ -59,13 +60,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         timeout_ms: args.timeout.map_or(0, |t| t.as_millis().max(1) as u64),
         metadata: Default::default(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let answer = runtime.block_on(async {
-        let mut client = PitbossClient::connect(format!("http://{}", args.addr))
-            .await
-            .with_context(|| format!("cannot reach pitboss at {} (is `pitboss serve` running?)", args.addr))?;
-        Ok::<_, anyhow::Error>(client.execute(request).await)
-    })?;
+    let answer = with_host(args.addr, async |channel| PitbossClient::new(channel).execute(request).await)?;
     match answer {
         Ok(response) => {
             let mut out = std::io::stdout().lock();

@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 mod admin;
 mod call;
 mod check;
+mod client;
 mod doctor;
 mod output;
 mod plugin_test;
