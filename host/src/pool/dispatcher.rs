@@ -99,7 +99,7 @@ impl Worker {
     /// still counts: it finishes its calls).
     fn alive_and_ready(&self) -> bool {
         self.handle.is_some()
-            && !matches!(self.retirement.map(|r| r.stage), Some(Stage::Stopping { .. } | Stage::Killed))
+            && !matches!(self.retirement.map(|r| r.stage), Some(Stage::Stopping { .. } | Stage::Killed { .. }))
     }
 
     fn state_name(&self) -> &'static str {
@@ -107,7 +107,7 @@ impl Worker {
             (None, _) => "starting",
             (Some(_), None) => "ready",
             (Some(_), Some(Stage::Waiting | Stage::Draining { .. })) => "draining",
-            (Some(_), Some(Stage::Stopping { .. } | Stage::Killed)) => "stopping",
+            (Some(_), Some(Stage::Stopping { .. } | Stage::Killed { .. })) => "stopping",
         }
     }
 }
@@ -402,9 +402,8 @@ impl Dispatcher {
         let handle = worker.handle.as_ref().expect("only ready workers are routed to");
         worker.in_flight += 1;
         worker.dispatched += 1;
-        let used_up = worker.limits.max_requests.is_some_and(|max| worker.dispatched >= max);
-        let nearly_used_up =
-            worker.limits.max_requests.is_some_and(|max| worker.dispatched + prestart_lead(max) >= max);
+        let used_up = worker.limits.calls_used_up(worker.dispatched);
+        let nearly_used_up = worker.limits.calls_nearly_used_up(worker.dispatched);
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let Queued { request, reply, .. } = queued;
@@ -527,22 +526,15 @@ impl Dispatcher {
     fn kill(&mut self, worker_id: u32, reason: Reason) {
         let Some(worker) = self.workers.iter_mut().find(|w| w.id == worker_id) else { return };
         let Some(handle) = &worker.handle else { return };
-        if matches!(worker.retirement.map(|r| r.stage), Some(Stage::Killed)) {
+        if matches!(worker.retirement.map(|r| r.stage), Some(Stage::Killed { .. })) {
             return;
         }
         tracing::warn!(pool = %self.config.name, worker = worker_id, pid = handle.pid, %reason, "killing the worker; a replacement starts");
         handle.kill();
         // A replacement already started for it takes its place.
-        let replacement_started = worker.successor.take().is_some()
+        let replaced = worker.successor.take().is_some()
             || matches!(worker.retirement.map(|r| r.stage), Some(Stage::Draining { replacement: Some(_) }));
-        worker.retirement = Some(Retirement {
-            reason,
-            stage: if replacement_started {
-                Stage::Stopping { next: far_future(), signals_sent: 2 }
-            } else {
-                Stage::Killed
-            },
-        });
+        worker.retirement = Some(Retirement { reason, stage: Stage::Killed { replaced } });
         self.recycles.add(reason);
     }
 
@@ -656,19 +648,19 @@ impl Dispatcher {
                     let age = now.duration_since(worker.spawned_at);
                     if let Some(reason) = worker.limits.passed(age, worker.rss_bytes) {
                         due.push((worker.id, reason));
-                    } else if worker.limits.ttl.is_some_and(|ttl| age + ttl / 10 >= ttl) {
+                    } else if worker.limits.ttl_nearly_reached(age) {
                         nearly_due.push(worker.id);
                     }
                 }
                 Some(Retirement { stage: Stage::Stopping { next, signals_sent }, .. }) if now >= *next => {
                     handle.signal(if *signals_sent == 0 { Signal::SIGTERM } else { Signal::SIGKILL });
-                    *signals_sent += 1;
+                    *signals_sent = signals_sent.saturating_add(1);
                     *next = now + SHUTDOWN_STEP;
                 }
                 Some(_) => {}
             }
             if ping_round && worker.alive_and_ready() {
-                let missed = worker.pings_sent - handle.last_pong().min(worker.pings_sent);
+                let missed = worker.pings_sent.saturating_sub(handle.last_pong());
                 if missed >= max_missed {
                     unresponsive.push(worker.id);
                 } else {
@@ -752,10 +744,9 @@ impl Dispatcher {
                 self.workers[position].rss_bytes = handle.rss_bytes().unwrap_or(0);
                 if self.shutdown.is_some() {
                     handle.shutdown();
-                    self.workers[position].retirement = Some(Retirement {
-                        reason: Reason::Manual,
-                        stage: Stage::Stopping { next: far_future(), signals_sent: 2 },
-                    });
+                    // Told to stop; the shutdown's own steps signal it.
+                    let stage = Stage::Stopping { next: Instant::now() + SHUTDOWN_STEP, signals_sent: 0 };
+                    self.workers[position].retirement = Some(Retirement { reason: Reason::Manual, stage });
                 }
                 self.workers[position].handle = Some(handle);
                 if let Some(report) = self.starting.take() {
@@ -874,10 +865,10 @@ impl Dispatcher {
         }
         let pool = &self.config.name;
         match worker.retirement {
-            Some(Retirement { reason, stage: Stage::Stopping { .. } }) => {
+            Some(Retirement { reason, stage: Stage::Stopping { .. } | Stage::Killed { replaced: true } }) => {
                 tracing::info!(pool = %pool, worker = exit.id, %reason, "recycled worker {}", exit.status);
             }
-            Some(Retirement { reason, stage: Stage::Killed }) => {
+            Some(Retirement { reason, stage: Stage::Killed { replaced: false } }) => {
                 tracing::info!(pool = %pool, worker = exit.id, %reason, "worker {}; starting its replacement", exit.status);
                 self.restarts += 1;
                 self.start_worker();
@@ -1032,13 +1023,6 @@ impl Dispatcher {
                 .collect(),
         }
     }
-}
-
-/// How many calls before its limit a worker's successor starts: a quarter
-/// of the limit, at least one, so that a busy worker's successor has
-/// imported its adapter by the time the old one stops taking calls.
-fn prestart_lead(max_requests: u64) -> u64 {
-    (max_requests / 4).max(1)
 }
 
 fn request_view(request: &CallRequest) -> RequestView {

@@ -83,9 +83,9 @@ pub enum Stage {
     Draining { replacement: Option<u32> },
     /// Told to stop: the shutdown frame, then TERM, then KILL at `next`.
     Stopping { next: Instant, signals_sent: u8 },
-    /// Killed at once (a timeout or an unresponsive worker); its exit starts
-    /// the replacement.
-    Killed,
+    /// Killed at once (a timeout or an unresponsive worker); unless a
+    /// replacement was already starting for it, its exit starts one.
+    Killed { replaced: bool },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -123,6 +123,25 @@ impl WorkerLimits {
         } else {
             None
         }
+    }
+
+    /// Whether `dispatched` calls used up the call limit.
+    pub fn calls_used_up(&self, dispatched: u64) -> bool {
+        self.max_requests.is_some_and(|max| dispatched >= max)
+    }
+
+    /// Whether the call limit is near enough that the worker's successor
+    /// should start now: a quarter of the limit before it, at least one
+    /// call, so that a busy worker's successor has imported its adapter by
+    /// the time the old one stops taking calls.
+    pub fn calls_nearly_used_up(&self, dispatched: u64) -> bool {
+        self.max_requests.is_some_and(|max| dispatched + (max / 4).max(1) >= max)
+    }
+
+    /// Whether the worker is in the last tenth of its ttl, when its
+    /// successor starts.
+    pub fn ttl_nearly_reached(&self, age: Duration) -> bool {
+        self.ttl.is_some_and(|ttl| age + ttl / 10 >= ttl)
     }
 }
 
@@ -194,6 +213,15 @@ mod tests {
         assert_eq!(limits.passed(Duration::from_secs(1), 50), None);
         assert_eq!(limits.passed(Duration::from_secs(2), 50), Some(Reason::Ttl));
         assert_eq!(limits.passed(Duration::from_secs(1), 101), Some(Reason::MaxRss));
+        assert!(!limits.ttl_nearly_reached(Duration::from_millis(1799)));
+        assert!(limits.ttl_nearly_reached(Duration::from_millis(1800)));
+
+        let calls = WorkerLimits { ttl: None, max_requests: Some(100), max_rss: None };
+        assert!(!calls.calls_nearly_used_up(74) && calls.calls_nearly_used_up(75));
+        assert!(!calls.calls_used_up(99) && calls.calls_used_up(100));
+        let one = WorkerLimits { max_requests: Some(1), ..calls };
+        assert!(one.calls_nearly_used_up(0) && one.calls_used_up(1));
+        assert!(!limits.calls_nearly_used_up(u64::MAX) && !limits.calls_used_up(u64::MAX), "no call limit");
     }
 
     #[test]
