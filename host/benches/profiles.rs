@@ -94,14 +94,7 @@ async fn load(host: &Arc<Host>, tool: &str, args: &str, callers: usize, calls: u
 
 /// Total resident memory of the pool's worker processes now.
 async fn total_rss(host: &Host) -> u64 {
-    let page = 4096;
-    host.status().await[0]
-        .workers
-        .iter()
-        .filter_map(|w| std::fs::read_to_string(format!("/proc/{}/statm", w.pid)).ok())
-        .filter_map(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * page)
-        .sum()
+    host.status().await[0].workers.iter().filter_map(|w| pitboss::worker::resident_bytes(w.pid)).sum()
 }
 
 /// One tool called by a fixed number of callers, each back to back.

@@ -182,9 +182,7 @@ impl WorkerHandle {
     /// The worker process's resident memory now, from /proc; `None` once it
     /// is gone.
     pub fn rss_bytes(&self) -> Option<u64> {
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
-        let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        Some(resident_pages * page_size())
+        resident_bytes(self.pid)
     }
 
     /// Sends `signal` to the worker's whole process group.
@@ -201,6 +199,13 @@ impl WorkerHandle {
     pub fn shutdown(&self) {
         self.control.send(Frame::Shutdown.encode().expect("the shutdown frame encodes"));
     }
+}
+
+/// Resident memory of process `pid` now, from /proc; `None` once it is gone.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(resident_pages * page_size())
 }
 
 fn page_size() -> u64 {
@@ -469,18 +474,18 @@ impl Driver {
         tokio::spawn(async move {
             let ended = loop {
                 match read_frame(&mut control_reader).await {
-                    Ok(Some(Frame::Pong { id })) => last_pong.fetch_max(id, Ordering::AcqRel),
+                    Ok(Some(Frame::Pong { id })) => {
+                        last_pong.fetch_max(id, Ordering::AcqRel);
+                    }
                     Ok(Some(Frame::Error { error, .. })) => {
                         tracing::warn!(pool = %pool, worker = id, "the worker refused a control frame: {}", error.message);
-                        continue;
                     }
                     Ok(Some(other)) => {
                         tracing::warn!(pool = %pool, worker = id, "ignoring an unexpected frame on the control connection: {other:?}");
-                        continue;
                     }
                     Ok(None) => break None,
                     Err(err) => break Some(err),
-                };
+                }
             };
             let _ = closed_tx.send(ended).await;
         });
