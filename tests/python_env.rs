@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pitboss::config::{Config, Interpreter, Profile};
-use pitboss::policy::{preflight, CompatRules, Level, PolicyEngine};
+use pitboss::host::preflight;
+use pitboss::policy::{CompatRules, Level, PolicyEngine};
 use pitboss::python::{detect, Distribution, PythonEnv};
 
 fn engine() -> PolicyEngine {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pitboss::api::proto::{pitboss_client::PitbossClient, ContentType, ExecuteRequest};
+use pitboss::api::Client;
 use pitboss::config::Config;
 use pitboss::pool::CallRequest;
 use pitboss::Host;
@@ -108,18 +108,11 @@ async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (
     let server = tokio::spawn(pitboss::api::serve(host.clone(), listener, async {
         let _ = stopped.await;
     }));
-    let client = PitbossClient::connect(format!("http://{address}")).await.unwrap();
+    let client = Client::connect(address).await.unwrap();
     let grpc = figures(calls, move || {
         let mut client = client.clone();
         async move {
-            let request = ExecuteRequest {
-                pool: "bench".into(),
-                tool: "noop".into(),
-                payload: b"{}".to_vec(),
-                content_type: ContentType::Json as i32,
-                ..Default::default()
-            };
-            client.execute(request).await.expect("noop succeeds over gRPC");
+            client.execute("bench", CallRequest::json("noop", "{}")).await.expect("noop succeeds over gRPC");
         }
     })
     .await;

@@ -1,6 +1,6 @@
 //! The gRPC API (`pitboss.v1.Pitboss` for callers, `pitboss.v1.Admin` for
 //! operators, plus the standard health service),
-//! served on top of a [`Host`], and the client types the CLI uses.
+//! served on top of a [`Host`], and [`Client`], which the CLI uses.
 //!
 //! Owns: mapping between protobuf messages and the library's types, and
 //! call errors to gRPC status codes. Must not touch: pools or workers other
@@ -22,8 +22,12 @@ use crate::pool::{CallError, CallRequest, ErrorKind, PoolStatus, RecycleError};
 use crate::worker::ContentType;
 use crate::Host;
 
+mod client;
+
+pub use client::Client;
+
 /// The generated protobuf and gRPC types of `pitboss.v1`.
-pub mod proto {
+mod proto {
     tonic::include_proto!("pitboss.v1");
 }
 
@@ -62,8 +66,7 @@ impl Pitboss for Service {
     ) -> Result<Response<proto::ExecuteResponse>, Status> {
         let request = request.into_inner();
         let content_type = match proto::ContentType::try_from(request.content_type) {
-            Ok(proto::ContentType::Json) => ContentType::Json,
-            Ok(proto::ContentType::Raw) => ContentType::Raw,
+            Ok(content_type) => content_type_from_proto(content_type),
             Err(_) => {
                 let error = CallError::new(
                     ErrorKind::BadPayload,
@@ -85,10 +88,7 @@ impl Pitboss for Service {
         match self.host.execute(&request.pool, call).await {
             Ok(output) => Ok(Response::new(proto::ExecuteResponse {
                 payload: output.payload.to_vec(),
-                content_type: match output.content_type {
-                    ContentType::Json => proto::ContentType::Json,
-                    ContentType::Raw => proto::ContentType::Raw,
-                } as i32,
+                content_type: content_type_to_proto(output.content_type) as i32,
                 worker: output.worker,
                 duration_us: output.duration.as_micros() as u64,
             })),
@@ -133,7 +133,10 @@ fn pool_status(p: PoolStatus) -> proto::PoolStatus {
         failed: p.failed,
         crashes: p.crashes,
         degraded: p.degraded,
-        router: p.router,
+        router: p.router.policy,
+        router_decisions: p.router.decisions,
+        router_fallbacks: p.router.fallbacks,
+        router_faults: p.router.faults,
         threads_per_worker: p.threads_per_worker,
         fallback: p.fallback.unwrap_or_default(),
         draining: p.draining,
@@ -151,6 +154,7 @@ fn pool_status(p: PoolStatus) -> proto::PoolStatus {
             }
             .to_owned(),
             unsafe_modules: f.unsafe_modules,
+            threads_per_worker: f.threads_per_worker,
         }),
         workers: p
             .workers
@@ -170,7 +174,7 @@ fn pool_status(p: PoolStatus) -> proto::PoolStatus {
 
 /// The status a failed call is answered with: a fitting code, the message,
 /// and the structured error in the details.
-pub fn status(error: &CallError) -> Status {
+fn status(error: &CallError) -> Status {
     let code = match error.kind {
         ErrorKind::UnknownPool | ErrorKind::UnknownTool => Code::NotFound,
         ErrorKind::BadArguments | ErrorKind::BadPayload => Code::InvalidArgument,
@@ -192,6 +196,26 @@ pub fn status(error: &CallError) -> Status {
 }
 
 /// The structured error a failed Execute carries, if any.
-pub fn call_error(status: &Status) -> Option<proto::CallError> {
-    proto::CallError::decode(status.details()).ok().filter(|e| !e.kind.is_empty())
+fn call_error(status: &Status) -> Option<CallError> {
+    let error = proto::CallError::decode(status.details()).ok().filter(|e| !e.kind.is_empty())?;
+    Some(CallError {
+        kind: ErrorKind::parse(&error.kind).unwrap_or(ErrorKind::Protocol),
+        message: error.message,
+        python_type: Some(error.python_type).filter(|t| !t.is_empty()),
+        traceback: Some(error.traceback).filter(|t| !t.is_empty()),
+    })
+}
+
+fn content_type_from_proto(content_type: proto::ContentType) -> ContentType {
+    match content_type {
+        proto::ContentType::Json => ContentType::Json,
+        proto::ContentType::Raw => ContentType::Raw,
+    }
+}
+
+fn content_type_to_proto(content_type: ContentType) -> proto::ContentType {
+    match content_type {
+        ContentType::Json => proto::ContentType::Json,
+        ContentType::Raw => proto::ContentType::Raw,
+    }
 }

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::client::with_host;
-use crate::api::proto::{self, admin_client::AdminClient, pitboss_client::PitbossClient};
 use crate::config::DEFAULT_API_ADDRESS;
+use crate::pool::PoolStatus;
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -30,42 +30,36 @@ pub struct RecycleArgs {
 }
 
 pub fn status(args: &StatusArgs) -> Result<ExitCode> {
-    let pools = with_host(args.addr, async |channel| {
-        PitbossClient::new(channel).list_pools(proto::ListPoolsRequest {}).await
-    })??
-    .into_inner()
-    .pools;
+    let pools = with_host(args.addr, async |mut client| client.pools().await)??;
     for pool in &pools {
         print_pool(pool);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_pool(pool: &proto::PoolStatus) {
+fn print_pool(pool: &PoolStatus) {
     let health = if pool.degraded { "  DEGRADED" } else { "" };
     println!(
         "pool {}  {} × {} thread(s), {}/{} ready, {} starting, {} draining{health}",
         pool.name, pool.profile, pool.threads_per_worker, pool.ready, pool.size, pool.starting, pool.draining
     );
-    if !pool.fallback.is_empty() {
-        println!("  fell back to process workers: {}", pool.fallback);
+    if let Some(fallback) = &pool.fallback {
+        println!("  fell back to process workers: {fallback}");
     }
     if let Some(facts) = &pool.facts {
         let build = if facts.free_threaded_build { "free-threaded" } else { "GIL build" };
         let gil = if facts.gil_enabled { "on" } else { "off" };
-        println!(
-            "  python {} ({}, {build}), GIL {gil}, thread_safe {}",
-            facts.python_version, facts.implementation, facts.thread_safe
-        );
+        let thread_safe = facts.thread_safe.map_or("undeclared", |safe| if safe { "true" } else { "false" });
+        println!("  python {} ({}, {build}), GIL {gil}, thread_safe {thread_safe}", facts.python_version, facts.implementation);
     }
     println!(
         "  {} in flight, {} queued, {} served, {} failed, {} crashes, router {}",
-        pool.in_flight, pool.queued, pool.served, pool.failed, pool.crashes, pool.router
+        pool.in_flight, pool.queued, pool.served, pool.failed, pool.crashes, pool.router.policy
     );
     let recycles: Vec<String> = pool
         .recycles
-        .iter()
-        .filter(|(_, count)| **count > 0)
+        .all()
+        .filter(|(_, count)| *count > 0)
         .map(|(reason, count)| format!("{reason} {count}"))
         .collect();
     if !recycles.is_empty() {
@@ -84,21 +78,20 @@ fn print_pool(pool: &proto::PoolStatus) {
             worker.in_flight,
             worker.served,
             worker.rss_bytes as f64 / (1 << 20) as f64,
-            worker.age_ms as f64 / 1e3
+            worker.age.as_secs_f64()
         );
     }
 }
 
 pub fn recycle(args: &RecycleArgs) -> Result<ExitCode> {
-    let request = proto::RecycleWorkerRequest { pool: args.pool.clone(), worker: args.worker };
-    let answer = with_host(args.addr, async |channel| AdminClient::new(channel).recycle_worker(request).await)?;
+    let answer = with_host(args.addr, async |mut client| client.recycle(&args.pool, args.worker).await)?;
     match answer {
-        Ok(_) => {
+        Ok(()) => {
             println!("worker {} of pool `{}` is draining; its replacement is starting", args.worker, args.pool);
             Ok(ExitCode::SUCCESS)
         }
-        Err(status) => {
-            eprintln!("error: {}", status.message());
+        Err(error) => {
+            eprintln!("error: {error}");
             Ok(ExitCode::FAILURE)
         }
     }

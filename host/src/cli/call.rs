@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::client::with_host;
-use crate::api::proto::{pitboss_client::PitbossClient, ContentType, ExecuteRequest};
 use crate::config::{parse_duration, DEFAULT_API_ADDRESS};
+use crate::pool::CallRequest;
+use crate::worker::ContentType;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,9 +39,9 @@ const USAGE: u8 = 2;
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let payload = match &args.arguments {
-        None => b"{}".to_vec(),
+        None => "{}".to_owned(),
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(_)) => text.as_bytes().to_vec(),
+            Ok(serde_json::Value::Object(_)) => text.clone(),
             Ok(other) => {
                 eprintln!("error: the arguments must be a JSON object of keyword arguments, like '{{\"a\": 1}}' (got {other})");
                 return Ok(ExitCode::from(USAGE));
@@ -51,36 +52,25 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             }
         },
     };
-    let request = ExecuteRequest {
-        pool: args.pool.clone(),
-        tool: args.tool.clone(),
-        payload,
-        content_type: ContentType::Json as i32,
-        session: args.session.clone().unwrap_or_default(),
-        timeout_ms: args.timeout.map_or(0, |t| t.as_millis().max(1) as u64),
-        metadata: Default::default(),
+    let request = CallRequest {
+        session: args.session.clone(),
+        timeout: args.timeout,
+        ..CallRequest::json(&args.tool, payload)
     };
-    let answer = with_host(args.addr, async |channel| PitbossClient::new(channel).execute(request).await)?;
+    let answer = with_host(args.addr, async |mut client| client.execute(&args.pool, request).await)?;
     match answer {
-        Ok(response) => {
+        Ok(output) => {
             let mut out = std::io::stdout().lock();
-            out.write_all(&response.get_ref().payload)?;
-            if response.get_ref().content_type == ContentType::Json as i32 {
+            out.write_all(&output.payload)?;
+            if output.content_type == ContentType::Json {
                 out.write_all(b"\n")?;
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(status) => {
-            match crate::api::call_error(&status) {
-                Some(error) => {
-                    let python =
-                        if error.python_type.is_empty() { String::new() } else { format!("{}: ", error.python_type) };
-                    eprintln!("error: {}: {python}{}", error.kind, error.message);
-                    if !error.traceback.is_empty() {
-                        eprintln!("{}", error.traceback.trim_end());
-                    }
-                }
-                None => eprintln!("error: {}: {}", status.code(), status.message()),
+        Err(error) => {
+            eprintln!("error: {error}");
+            if let Some(traceback) = &error.traceback {
+                eprintln!("{}", traceback.trim_end());
             }
             Ok(ExitCode::FAILURE)
         }

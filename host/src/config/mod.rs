@@ -12,6 +12,7 @@
 
 mod diagnostic;
 mod invariants;
+mod policy_limits;
 mod read;
 mod units;
 
@@ -21,8 +22,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::policy::PolicyLimits;
 pub use diagnostic::{Diagnostic, ExtraSetting, SettingValue, Severity};
+pub use policy_limits::{default_policy_cache, PolicyLimits};
 use read::Table;
 pub use units::{parse_duration, parse_size};
 
@@ -325,7 +326,7 @@ fn host_config(raw: &mut Table, base: &Path) -> HostConfig {
         policy_cache: raw
             .string("policy_cache")
             .map(|dir| base.join(dir))
-            .or_else(crate::policy::PolicyEngine::default_cache_dir),
+            .or_else(default_policy_cache),
         shutdown_grace: raw.duration("shutdown_grace").unwrap_or(Duration::from_secs(10)),
         config_rules: raw.string("config_rules").unwrap_or_else(|| DEFAULT_CONFIG_RULES.to_owned()),
         compat_rules: raw.string("compat_rules").unwrap_or_else(|| DEFAULT_COMPAT_RULES.to_owned()),

@@ -14,7 +14,7 @@ use wasmtime::Store;
 
 use super::engine::{PolicyEngine, PolicyState, EPOCH_TICK};
 use super::guest_log::LogCounters;
-use super::limits::PolicyLimits;
+use crate::config::PolicyLimits;
 use super::meta::PluginMeta;
 
 /// A compiled component linked against the sandbox, exports not yet bound.

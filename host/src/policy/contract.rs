@@ -1,16 +1,21 @@
 //! The Rust side of the `pitboss:policy/types` interface (wit/router.wit),
-//! written out instead of generated so that [`WorkerView`] can lower a
-//! whole `list<worker-view>` with one borrow of guest memory.
+//! written out instead of generated. The routing types are the pool's own
+//! ([`crate::pool::WorkerView`] and friends, plain Rust); this file teaches
+//! wasmtime to pass them to a plugin, through derived mirrors of the same
+//! shape, and lowers a whole `list<worker-view>` with one borrow of guest
+//! memory.
 //!
-//! Why: wasmtime 48 lowers a record field by field, looking the guest's
+//! Why the hand-written list lowering: wasmtime 48 lowers a record field by field, looking the guest's
 //! memory up again for every field; for the seven fields of a worker view
 //! that is about 90 ns per worker, four times the whole decision budget at
 //! 1,024 workers. Everything else uses wasmtime's derives. wasmtime
 //! type-checks these definitions against every component when it is
 //! loaded, so a drift from the WIT fails there, loudly.
 
-use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LowerContext};
+use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext, LowerContext};
 use wasmtime::component::{ComponentType, Lift, Lower};
+
+pub use crate::pool::{Decision, RequestView, WorkerState, WorkerView};
 
 /// How a pool runs its Python workers.
 #[derive(ComponentType, Lift, Lower, Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,11 +40,13 @@ pub struct PoolInfo {
     pub options: Vec<(String, String)>,
 }
 
-/// The lifecycle state of a worker as the router sees it.
-#[derive(ComponentType, Lift, Lower, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The mirror of `worker-state` that wasmtime derives; the pool's
+/// [`WorkerState`] lowers through it.
+#[derive(ComponentType, Lower, Clone, Copy)]
 #[component(enum)]
 #[repr(u8)]
-pub enum WorkerState {
+#[doc(hidden)]
+pub enum WitWorkerState {
     #[component(name = "starting")]
     Starting,
     #[component(name = "ready")]
@@ -48,33 +55,44 @@ pub enum WorkerState {
     Draining,
 }
 
-/// A snapshot of one worker, taken just before a decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WorkerView {
-    pub id: u32,
-    pub capacity: u32,
-    pub in_flight: u32,
-    pub served: u64,
-    pub age_ms: u64,
-    pub rss_bytes: u64,
-    pub state: WorkerState,
+impl From<WorkerState> for WitWorkerState {
+    fn from(state: WorkerState) -> Self {
+        match state {
+            WorkerState::Starting => WitWorkerState::Starting,
+            WorkerState::Ready => WitWorkerState::Ready,
+            WorkerState::Draining => WitWorkerState::Draining,
+        }
+    }
 }
 
-/// What the router learns about the request to place.
-#[derive(ComponentType, Lower, Clone, Debug, PartialEq, Eq)]
+/// The mirror of `request-view`, borrowing the pool's [`RequestView`], so
+/// lowering a request copies nothing on the host side.
+#[derive(ComponentType, Lower)]
 #[component(record)]
-pub struct RequestView {
-    pub tool: String,
-    pub session: Option<String>,
+#[doc(hidden)]
+pub struct RequestViewRecord<'a> {
+    tool: &'a str,
+    session: Option<&'a str>,
     #[component(name = "payload-size")]
-    pub payload_size: u64,
-    pub metadata: Vec<(String, String)>,
+    payload_size: u64,
+    metadata: &'a [(String, String)],
 }
 
-/// Where a request goes.
-#[derive(ComponentType, Lift, Clone, Debug, PartialEq, Eq)]
+fn request_record(request: &RequestView) -> RequestViewRecord<'_> {
+    RequestViewRecord {
+        tool: &request.tool,
+        session: request.session.as_deref(),
+        payload_size: request.payload_size,
+        metadata: &request.metadata,
+    }
+}
+
+/// The mirror of `decision` that wasmtime derives; the pool's
+/// [`Decision`] lifts through it.
+#[derive(ComponentType, Lift)]
 #[component(variant)]
-pub enum Decision {
+#[doc(hidden)]
+pub enum WitDecision {
     #[component(name = "worker")]
     Worker(u32),
     #[component(name = "queue")]
@@ -83,11 +101,21 @@ pub enum Decision {
     Reject(String),
 }
 
+impl From<WitDecision> for Decision {
+    fn from(decision: WitDecision) -> Self {
+        match decision {
+            WitDecision::Worker(id) => Decision::Worker(id),
+            WitDecision::Queue => Decision::Queue,
+            WitDecision::Reject(reason) => Decision::Reject(reason),
+        }
+    }
+}
+
 /// `worker-view` as wasmtime's derive sees it: the type check, the ABI and
 /// single-value lowering of [`WorkerView`] delegate to it.
-#[doc(hidden)]
 #[derive(ComponentType, Lower, Clone, Copy)]
 #[component(record)]
+#[doc(hidden)]
 pub struct WorkerViewRecord {
     id: u32,
     capacity: u32,
@@ -98,13 +126,90 @@ pub struct WorkerViewRecord {
     age_ms: u64,
     #[component(name = "rss-bytes")]
     rss_bytes: u64,
-    state: WorkerState,
+    state: WitWorkerState,
 }
 
-impl WorkerView {
-    fn record(&self) -> WorkerViewRecord {
-        let WorkerView { id, capacity, in_flight, served, age_ms, rss_bytes, state } = *self;
-        WorkerViewRecord { id, capacity, in_flight, served, age_ms, rss_bytes, state }
+fn worker_record(worker: &WorkerView) -> WorkerViewRecord {
+    let WorkerView { id, capacity, in_flight, served, age_ms, rss_bytes, state } = *worker;
+    WorkerViewRecord { id, capacity, in_flight, served, age_ms, rss_bytes, state: state.into() }
+}
+
+/// Implements `ComponentType` for a pool type by delegating to its derived
+/// mirror, which has the same canonical-ABI shape.
+macro_rules! component_type_as {
+    ($host:ty => $mirror:ty) => {
+        // SAFETY: the mirror is derived from the same WIT type, so its ABI,
+        // flat representation and type check are the host type's.
+        unsafe impl ComponentType for $host {
+            type Lower = <$mirror as ComponentType>::Lower;
+            const ABI: CanonicalAbiInfo = <$mirror as ComponentType>::ABI;
+
+            fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+                <$mirror as ComponentType>::typecheck(ty, types)
+            }
+        }
+    };
+}
+
+component_type_as!(WorkerState => WitWorkerState);
+component_type_as!(RequestView => RequestViewRecord<'static>);
+component_type_as!(Decision => WitDecision);
+component_type_as!(WorkerView => WorkerViewRecord);
+
+// SAFETY: lowers exactly what the mirror lowers.
+unsafe impl Lower for WorkerState {
+    fn linear_lower_to_flat<T>(
+        &self,
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        dst: &mut std::mem::MaybeUninit<Self::Lower>,
+    ) -> wasmtime::Result<()> {
+        WitWorkerState::from(*self).linear_lower_to_flat(cx, ty, dst)
+    }
+
+    fn linear_lower_to_memory<T>(
+        &self,
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        offset: usize,
+    ) -> wasmtime::Result<()> {
+        WitWorkerState::from(*self).linear_lower_to_memory(cx, ty, offset)
+    }
+}
+
+// SAFETY: lowers exactly what the borrowing mirror lowers.
+unsafe impl Lower for RequestView {
+    fn linear_lower_to_flat<T>(
+        &self,
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        dst: &mut std::mem::MaybeUninit<Self::Lower>,
+    ) -> wasmtime::Result<()> {
+        request_record(self).linear_lower_to_flat(cx, ty, dst)
+    }
+
+    fn linear_lower_to_memory<T>(
+        &self,
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        offset: usize,
+    ) -> wasmtime::Result<()> {
+        request_record(self).linear_lower_to_memory(cx, ty, offset)
+    }
+}
+
+// SAFETY: lifts with the mirror, then moves its fields over.
+unsafe impl Lift for Decision {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &Self::Lower,
+    ) -> wasmtime::Result<Self> {
+        WitDecision::linear_lift_from_flat(cx, ty, src).map(Decision::from)
+    }
+
+    fn linear_lift_from_memory(cx: &mut LiftContext<'_>, ty: InterfaceType, bytes: &[u8]) -> wasmtime::Result<Self> {
+        WitDecision::linear_lift_from_memory(cx, ty, bytes).map(Decision::from)
     }
 }
 
@@ -121,17 +226,6 @@ const RECORD_SIZE: usize = 48;
 const _: () = assert!(<WorkerViewRecord as ComponentType>::SIZE32 == RECORD_SIZE);
 const _: () = assert!(<WorkerViewRecord as ComponentType>::ALIGN32 == 8);
 
-// SAFETY: every item delegates to the derived `WorkerViewRecord`, which has
-// the same fields in the same order.
-unsafe impl ComponentType for WorkerView {
-    type Lower = <WorkerViewRecord as ComponentType>::Lower;
-    const ABI: CanonicalAbiInfo = <WorkerViewRecord as ComponentType>::ABI;
-
-    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
-        <WorkerViewRecord as ComponentType>::typecheck(ty, types)
-    }
-}
-
 // SAFETY: single values delegate to the derived impl; lists write the same
 // bytes the derived impl would, at the canonical-ABI offsets asserted above,
 // inside the window wasmtime allocated and bounds-checked for the list.
@@ -142,7 +236,7 @@ unsafe impl Lower for WorkerView {
         ty: InterfaceType,
         dst: &mut std::mem::MaybeUninit<Self::Lower>,
     ) -> wasmtime::Result<()> {
-        self.record().linear_lower_to_flat(cx, ty, dst)
+        worker_record(self).linear_lower_to_flat(cx, ty, dst)
     }
 
     fn linear_lower_to_memory<T>(
@@ -151,7 +245,7 @@ unsafe impl Lower for WorkerView {
         ty: InterfaceType,
         offset: usize,
     ) -> wasmtime::Result<()> {
-        self.record().linear_lower_to_memory(cx, ty, offset)
+        worker_record(self).linear_lower_to_memory(cx, ty, offset)
     }
 
     fn linear_store_list_to_memory<T>(
@@ -168,7 +262,7 @@ unsafe impl Lower for WorkerView {
             slot[OFFSET_SERVED..][..8].copy_from_slice(&worker.served.to_le_bytes());
             slot[OFFSET_AGE_MS..][..8].copy_from_slice(&worker.age_ms.to_le_bytes());
             slot[OFFSET_RSS_BYTES..][..8].copy_from_slice(&worker.rss_bytes.to_le_bytes());
-            slot[OFFSET_STATE] = worker.state as u8;
+            slot[OFFSET_STATE] = WitWorkerState::from(worker.state) as u8;
         }
         Ok(())
     }

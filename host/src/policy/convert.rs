@@ -1,4 +1,4 @@
-//! Conversions between the rules worlds' WIT types and the host's own
+//! Conversions between the policy worlds' WIT types and the host's own
 //! (`config`, `python`). `TryFrom` wherever a plugin's answer can break
 //! the contract; failing it is an `invalid_answer` fault.
 //!
@@ -26,6 +26,19 @@ impl From<contract::Profile> for config::Profile {
         match profile {
             contract::Profile::Process => config::Profile::Process,
             contract::Profile::Thread => config::Profile::Thread,
+        }
+    }
+}
+
+/// What a router's `init` learns about its pool.
+impl From<&PoolConfig> for contract::PoolInfo {
+    fn from(pool: &PoolConfig) -> Self {
+        contract::PoolInfo {
+            name: pool.name.clone(),
+            profile: pool.profile.into(),
+            size: pool.size,
+            threads_per_worker: pool.threads_per_worker,
+            options: pool.router_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
     }
 }

@@ -15,7 +15,7 @@ use wasmtime::{Config, Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::guest_log::{GuestLog, LogCounters};
-use super::limits::PolicyLimits;
+use crate::config::PolicyLimits;
 use super::router;
 
 /// How often the epoch advances: the resolution of call deadlines.
@@ -71,16 +71,6 @@ impl PolicyEngine {
         Ok(PolicyEngine {
             inner: Arc::new(EngineInner { engine, linker, cache_dir, compilations: AtomicU64::new(0), ticker_stop }),
         })
-    }
-
-    /// The default cache location: `$XDG_CACHE_HOME/pitboss/components`,
-    /// else `~/.cache/pitboss/components`; `None` when neither is known.
-    pub fn default_cache_dir() -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
-        Some(base.join("pitboss").join("components"))
     }
 
     pub(super) fn engine(&self) -> &Engine {

@@ -7,8 +7,7 @@
 //! through, and [`RouterInstance`], the warm instance a pool's dispatcher
 //! owns and calls for every request. Also the two stateless kinds:
 //! [`ConfigRules`] (which configs a site accepts; [`check_config`]) and
-//! [`CompatRules`] (which Python libraries are safe in which profile), and
-//! the [`preflight`] that [`crate::Host`] runs before starting pools.
+//! [`CompatRules`] (which Python libraries are safe in which profile).
 //!
 //! Must not touch: worker processes, queues or sockets. A pool hands in
 //! snapshots ([`WorkerView`], [`RequestView`]) and gets a [`Decision`] back;
@@ -22,12 +21,10 @@ mod convert;
 mod engine;
 mod fault;
 mod guest_log;
-mod limits;
 mod meta;
-mod native;
-mod preflight;
 mod router;
 mod rules;
+mod simulate;
 mod slot;
 mod source;
 
@@ -36,11 +33,11 @@ pub use config_rules::{check_config, ConfigRules};
 pub use contract::{Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView};
 pub use engine::{CompiledComponent, PolicyEngine};
 pub use fault::{FaultKind, PolicyFault};
-pub use limits::PolicyLimits;
+pub use crate::config::PolicyLimits;
 pub use meta::PluginMeta;
-pub use native::least_loaded as native_least_loaded;
-pub use preflight::preflight;
+pub use crate::pool::least_loaded as native_least_loaded;
 pub use router::{Routed, RouterInstance, RouterPolicy, RouterStats, RouterStatsSnapshot};
 pub use rules::RULES_LIMITS;
+pub use simulate::{simulate, ScenarioReport, Simulation, SimulationReport};
 pub use slot::RouterSlot;
 pub use source::{PolicySource, BUILTIN_COMPAT_RULES, BUILTIN_CONFIG_RULES, BUILTIN_ROUTERS};

@@ -14,9 +14,8 @@ use super::component::{self, arm};
 use super::engine::{PolicyEngine, PolicyState};
 use super::fault::{FaultKind, PolicyFault};
 use super::guest_log::LogCounters;
-use super::limits::PolicyLimits;
+use crate::config::PolicyLimits;
 use super::meta::PluginMeta;
-use super::native;
 use super::slot::RouterSlot;
 use super::source::PolicySource;
 
@@ -28,7 +27,8 @@ mod bindings {
     });
 }
 
-use super::contract::{self, Decision, PoolInfo, RequestView, WorkerState, WorkerView};
+use super::contract::{self, PoolInfo};
+use crate::pool::{self, Decision, RequestView, RouterReport, WorkerState, WorkerView};
 use bindings::exports::pitboss::policy::{completion, routing};
 
 /// Registers the router contract's host side (its shared types) with the
@@ -337,7 +337,28 @@ impl RouterInstance {
 
     fn fallback(&self, workers: &[WorkerView], fault: Option<PolicyFault>) -> Routed {
         self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-        Routed { decision: native::least_loaded(workers), fallback: true, fault }
+        Routed { decision: pool::least_loaded(workers), fallback: true, fault }
+    }
+}
+
+impl pool::Router for RouterInstance {
+    fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision {
+        RouterInstance::route(self, request, workers).decision
+    }
+
+    fn on_complete(&mut self, worker: u32, tool: &str, ok: bool, latency: Duration) {
+        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        RouterInstance::on_complete(self, worker, tool, ok, latency_us);
+    }
+
+    fn report(&self) -> RouterReport {
+        let stats = self.stats.snapshot();
+        RouterReport {
+            policy: self.policy.label.clone(),
+            decisions: stats.decisions,
+            fallbacks: stats.fallbacks,
+            faults: stats.total_faults(),
+        }
     }
 }
 

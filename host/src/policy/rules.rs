@@ -16,7 +16,7 @@ use super::component::{self, arm};
 use super::engine::{PolicyEngine, PolicyState};
 use super::fault::PolicyFault;
 use super::guest_log::LogCounters;
-use super::limits::PolicyLimits;
+use crate::config::PolicyLimits;
 use super::meta::PluginMeta;
 use super::source::PolicySource;
 

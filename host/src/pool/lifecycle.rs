@@ -1,6 +1,6 @@
 //! The pieces of a worker's life the dispatcher decides on: why a worker
-//! is retired, how far its retirement has gone, its own (jittered) limits,
-//! and the environment a worker of each profile starts with.
+//! is retired, its own (jittered) limits, and the environment a worker of
+//! each profile starts with.
 //!
 //! Owns: those types and their small calculations. Must not touch: the
 //! worker table or processes.
@@ -34,6 +34,11 @@ impl Reason {
         Reason::Timeout,
     ];
 
+    /// The reason [`Reason::as_str`] names.
+    pub fn parse(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Ttl => "ttl",
@@ -59,7 +64,11 @@ pub struct RecycleCounts(BTreeMap<Reason, u64>);
 
 impl RecycleCounts {
     pub fn add(&mut self, reason: Reason) {
-        *self.0.entry(reason).or_default() += 1;
+        self.add_many(reason, 1);
+    }
+
+    pub fn add_many(&mut self, reason: Reason, count: u64) {
+        *self.0.entry(reason).or_default() += count;
     }
 
     pub fn get(&self, reason: Reason) -> u64 {
@@ -70,28 +79,6 @@ impl RecycleCounts {
     pub fn all(&self) -> impl Iterator<Item = (Reason, u64)> + '_ {
         Reason::ALL.into_iter().map(|reason| (reason, self.get(reason)))
     }
-}
-
-/// How far a retiring worker has got. A retiring worker takes no new calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// Due for recycling, waiting for a free recycle slot
-    /// (`max_concurrent_recycles`).
-    Waiting,
-    /// Its replacement (`None` after the replacement failed to start, until
-    /// the next attempt) is starting; it finishes its calls.
-    Draining { replacement: Option<u32> },
-    /// Told to stop: the shutdown frame, then TERM, then KILL at `next`.
-    Stopping { next: Instant, signals_sent: u8 },
-    /// Killed at once (a timeout or an unresponsive worker); unless a
-    /// replacement was already starting for it, its exit starts one.
-    Killed { replaced: bool },
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Retirement {
-    pub reason: Reason,
-    pub stage: Stage,
 }
 
 /// One worker's own limits: the pool's, each lowered by a random fraction

@@ -3,14 +3,14 @@
 //! for thread pools, the compat rules on the pool's interpreter (with
 //! `compat_enforce = "deny"`, an unsafe library refuses the pool).
 //!
-//! Must not start or stop pools: it only says whether the host may.
+//! Lives beside [`crate::Host`], not in `policy`, because it runs Python
+//! (interpreter detection) as well as policies. Must not start or stop
+//! pools: it only says whether the host may.
 
 use anyhow::{bail, Context, Result};
 
-use super::compat_rules::{CompatRules, Level};
-use super::config_rules::check_config;
-use super::engine::PolicyEngine;
 use crate::config::{Config, Enforcement, Profile, Severity};
+use crate::policy::{check_config, CompatRules, Level, PolicyEngine};
 use crate::python;
 
 /// Runs the config rules and, for thread pools, the compat rules; logs

@@ -1,6 +1,8 @@
-//! Per-policy sandbox limits: how long, how much work and how much memory
-//! one call into a plugin may take.
+//! Per-policy sandbox limits (how long, how much work and how much memory
+//! one call into a plugin may take) and where compiled policies are cached:
+//! plain settings, read from the config file; `policy` enforces them.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Limits applied to every call into one policy's instances.
@@ -33,4 +35,14 @@ impl Default for PolicyLimits {
             log_lines_per_second: 20,
         }
     }
+}
+
+/// The default cache of compiled policies: `$XDG_CACHE_HOME/pitboss/components`,
+/// else `~/.cache/pitboss/components`; `None` when neither is known.
+pub fn default_policy_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
+    Some(base.join("pitboss").join("components"))
 }

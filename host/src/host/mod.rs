@@ -13,16 +13,28 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::config::{Config, Profile};
-use crate::policy::{self, PolicyEngine, PolicySource, PoolInfo, RouterInstance, RouterPolicy, RouterSlot};
+mod preflight;
+
+pub use preflight::preflight;
+
+use std::sync::Arc;
+
+use crate::config::{Config, PoolConfig};
+use crate::policy::{PolicyEngine, PolicySource, PoolInfo, RouterInstance, RouterPolicy, RouterSlot};
 use crate::pool::{CallError, CallOutput, CallRequest, ErrorKind, Pool, PoolServices, PoolStatus, RecycleError};
 use crate::worker::{Spawner, WorkerRecords};
 
 pub struct Host {
     config: Config,
-    pools: BTreeMap<String, Pool>,
-    _engine: PolicyEngine,
+    pools: BTreeMap<String, ServedPool>,
+    engine: PolicyEngine,
     _lock: Flock<File>,
+}
+
+/// A running pool and the slot its live routing policy is read from.
+struct ServedPool {
+    pool: Pool,
+    router: Arc<RouterSlot>,
 }
 
 impl Host {
@@ -49,7 +61,7 @@ impl Host {
         fs::create_dir_all(&socket_dir).with_context(|| format!("cannot create {}", socket_dir.display()))?;
 
         let engine = PolicyEngine::new(config.host.policy_cache.clone())?;
-        policy::preflight(&engine, &config)?;
+        preflight::preflight(&engine, &config)?;
         let services = PoolServices {
             spawner: Spawner::start(tokio::runtime::Handle::current()).context("cannot start the worker spawner")?,
             records,
@@ -59,23 +71,24 @@ impl Host {
         let mut pools = BTreeMap::new();
         for (index, pool_config) in config.pools.iter().enumerate() {
             let started = async {
-                let router = start_router(&engine, pool_config)?;
-                Pool::start(pool_config.clone(), index, router, services.clone()).await.map_err(anyhow::Error::from)
+                let (router, instance) = start_router(&engine, pool_config)?;
+                let pool = Pool::start(pool_config.clone(), index, Box::new(instance), services.clone()).await?;
+                anyhow::Ok(ServedPool { pool, router })
             };
             match started.await {
-                Ok(pool) => {
+                Ok(served) => {
                     tracing::info!(pool = %pool_config.name, size = pool_config.size, "pool serving; the rest of its workers keep starting");
-                    pools.insert(pool_config.name.clone(), pool);
+                    pools.insert(pool_config.name.clone(), served);
                 }
                 Err(err) => {
-                    for pool in pools.values() {
-                        pool.shutdown(Duration::ZERO).await;
+                    for served in pools.values() {
+                        served.pool.shutdown(Duration::ZERO).await;
                     }
                     return Err(err.context(format!("pool `{}` did not start", pool_config.name)));
                 }
             }
         }
-        Ok(Host { config, pools, _engine: engine, _lock: lock })
+        Ok(Host { config, pools, engine, _lock: lock })
     }
 
     pub fn config(&self) -> &Config {
@@ -85,7 +98,7 @@ impl Host {
     /// Runs one call on `pool`.
     pub async fn execute(&self, pool: &str, request: CallRequest) -> Result<CallOutput, CallError> {
         match self.pools.get(pool) {
-            Some(pool) => pool.execute(request).await,
+            Some(served) => served.pool.execute(request).await,
             None => Err(CallError::new(ErrorKind::UnknownPool, self.unknown_pool(pool))),
         }
     }
@@ -95,9 +108,32 @@ impl Host {
     /// replacement is ready and its own calls are done.
     pub async fn recycle(&self, pool: &str, worker: u32) -> Result<(), RecycleError> {
         match self.pools.get(pool) {
-            Some(found) => found.recycle(worker).await,
+            Some(served) => served.pool.recycle(worker).await,
             None => Err(RecycleError::NotFound(self.unknown_pool(pool))),
         }
+    }
+
+    /// Makes `source` the live routing policy of `pool`: compiles it on a
+    /// blocking thread (never on a dispatcher), checks that it instantiates
+    /// as a router, then publishes it in one atomic step; the pool's
+    /// dispatcher routes with it from its next decision on. Calls in flight
+    /// and queued are not disturbed. Returns the label of the version it
+    /// replaced. A policy that fails to load leaves the live one in place.
+    pub async fn swap_router(&self, pool: &str, source: PolicySource) -> Result<String> {
+        let served = self.pools.get(pool).ok_or_else(|| anyhow!(self.unknown_pool(pool)))?;
+        let limits = self.pool_config(pool).router_limits.clone();
+        let engine = self.engine.clone();
+        let policy = tokio::task::spawn_blocking(move || RouterPolicy::load(&engine, &source, limits))
+            .await
+            .context("the policy loader stopped")??;
+        let label = policy.label().to_owned();
+        let previous = served.router.publish(policy);
+        tracing::info!(pool, policy = %label, previous = %previous.label(), "routing policy swapped");
+        Ok(previous.label().to_owned())
+    }
+
+    fn pool_config(&self, pool: &str) -> &PoolConfig {
+        self.config.pools.iter().find(|p| p.name == pool).expect("every served pool is configured")
     }
 
     fn unknown_pool(&self, pool: &str) -> String {
@@ -108,8 +144,8 @@ impl Host {
     /// Every pool's state, in name order.
     pub async fn status(&self) -> Vec<PoolStatus> {
         let mut all = Vec::new();
-        for pool in self.pools.values() {
-            all.extend(pool.status().await);
+        for served in self.pools.values() {
+            all.extend(served.pool.status().await);
         }
         all
     }
@@ -119,28 +155,21 @@ impl Host {
     /// worker process is left.
     pub async fn shutdown(&self) {
         let grace = self.config.host.shutdown_grace;
-        let stops: Vec<_> = self.pools.values().map(|pool| pool.shutdown(grace)).collect();
+        let stops: Vec<_> = self.pools.values().map(|served| served.pool.shutdown(grace)).collect();
         for stop in stops {
             stop.await;
         }
     }
 }
 
-fn start_router(engine: &PolicyEngine, pool: &crate::config::PoolConfig) -> Result<RouterInstance> {
+/// Loads a pool's configured router into the slot the pool reads it from,
+/// and the pool's warm instance of it.
+fn start_router(engine: &PolicyEngine, pool: &PoolConfig) -> Result<(Arc<RouterSlot>, RouterInstance)> {
     let source = PolicySource::parse(&pool.router).with_context(|| format!("pool.{}.router", pool.name))?;
-    let policy = RouterPolicy::load(engine, &source, pool.router_limits.clone())?;
-    let info = PoolInfo {
-        name: pool.name.clone(),
-        profile: match pool.profile {
-            Profile::Process => policy::Profile::Process,
-            Profile::Thread => policy::Profile::Thread,
-        },
-        size: pool.size,
-        threads_per_worker: pool.threads_per_worker,
-        options: pool.router_options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-    };
-    RouterInstance::new(RouterSlot::new(policy), info)
-        .map_err(|fault| anyhow!("routing policy {source} refused pool `{}`: {fault}", pool.name))
+    let slot = RouterSlot::new(RouterPolicy::load(engine, &source, pool.router_limits.clone())?);
+    let instance = RouterInstance::new(slot.clone(), PoolInfo::from(pool))
+        .map_err(|fault| anyhow!("routing policy {source} refused pool `{}`: {fault}", pool.name))?;
+    Ok((slot, instance))
 }
 
 /// One host per run directory: a second one would sweep the first one's

@@ -1,0 +1,148 @@
+//! [`Client`]: a running host's API as plain library types, for the
+//! command line and for Rust programs that reach a host over the network.
+//! Protobuf stays inside `api`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::proto::{self, admin_client::AdminClient, pitboss_client::PitbossClient};
+use super::{call_error, content_type_from_proto, content_type_to_proto};
+use crate::pool::{
+    CallError, CallOutput, CallRequest, ErrorKind, PoolFacts, PoolStatus, Reason, RecycleCounts, RecycleError,
+    RouterReport, WorkerStatus,
+};
+
+/// One connection to a host's API address; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    pitboss: PitbossClient<Channel>,
+    admin: AdminClient<Channel>,
+}
+
+impl Client {
+    /// Connects to the host at `address`; a host that cannot be reached is
+    /// an error naming the address.
+    pub async fn connect(address: SocketAddr) -> Result<Client> {
+        let channel = Channel::from_shared(format!("http://{address}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach pitboss at {address} (is `pitboss serve` running?)"))?;
+        Ok(Client { pitboss: PitbossClient::new(channel.clone()), admin: AdminClient::new(channel) })
+    }
+
+    /// Runs one call on `pool`, as [`crate::Host::execute`] would.
+    pub async fn execute(&mut self, pool: &str, request: CallRequest) -> Result<CallOutput, CallError> {
+        let message = proto::ExecuteRequest {
+            pool: pool.to_owned(),
+            tool: request.tool,
+            payload: request.payload.to_vec(),
+            content_type: content_type_to_proto(request.content_type) as i32,
+            session: request.session.unwrap_or_default(),
+            timeout_ms: request.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
+            metadata: request.metadata.into_iter().collect(),
+        };
+        match self.pitboss.execute(message).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let content_type = proto::ContentType::try_from(response.content_type)
+                    .map_err(|_| unexpected(&Status::internal(format!("unknown content type {}", response.content_type))))?;
+                Ok(CallOutput {
+                    payload: response.payload.into(),
+                    content_type: content_type_from_proto(content_type),
+                    worker: response.worker,
+                    duration: Duration::from_micros(response.duration_us),
+                })
+            }
+            Err(status) => Err(call_error(&status).unwrap_or_else(|| unexpected(&status))),
+        }
+    }
+
+    /// Every pool's state, in name order.
+    pub async fn pools(&mut self) -> Result<Vec<PoolStatus>> {
+        let pools = self.pitboss.list_pools(proto::ListPoolsRequest {}).await.context("ListPools failed")?;
+        Ok(pools.into_inner().pools.into_iter().map(pool_status).collect())
+    }
+
+    /// Recycles one worker, as [`crate::Host::recycle`] would.
+    pub async fn recycle(&mut self, pool: &str, worker: u32) -> Result<(), RecycleError> {
+        let request = proto::RecycleWorkerRequest { pool: pool.to_owned(), worker };
+        match self.admin.recycle_worker(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Err(RecycleError::NotFound(status.message().to_owned())),
+            Err(status) => Err(RecycleError::Refused(status.message().to_owned())),
+        }
+    }
+}
+
+/// A failure that carries no [`proto::CallError`]: the host (or something
+/// in between) refused the call itself.
+fn unexpected(status: &Status) -> CallError {
+    CallError::new(ErrorKind::Protocol, format!("the host answered {:?}: {}", status.code(), status.message()))
+}
+
+fn pool_status(p: proto::PoolStatus) -> PoolStatus {
+    let mut recycles = RecycleCounts::default();
+    for (reason, count) in &p.recycles {
+        if let Some(reason) = Reason::parse(reason) {
+            recycles.add_many(reason, *count);
+        }
+    }
+    PoolStatus {
+        name: p.name,
+        profile: p.profile,
+        threads_per_worker: p.threads_per_worker,
+        fallback: Some(p.fallback).filter(|f| !f.is_empty()),
+        size: p.size,
+        ready: p.ready,
+        starting: p.starting,
+        draining: p.draining,
+        in_flight: p.in_flight,
+        queued: p.queued,
+        served: p.served,
+        failed: p.failed,
+        crashes: p.crashes,
+        restarts: p.restarts,
+        recycles,
+        degraded: p.degraded,
+        router: RouterReport {
+            policy: p.router,
+            decisions: p.router_decisions,
+            fallbacks: p.router_fallbacks,
+            faults: p.router_faults,
+        },
+        facts: p.facts.map(|f| PoolFacts {
+            python_version: f.python_version,
+            implementation: f.implementation,
+            free_threaded_build: f.free_threaded_build,
+            gil_enabled: f.gil_enabled,
+            thread_safe: match f.thread_safe.as_str() {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => None,
+            },
+            unsafe_modules: f.unsafe_modules,
+            threads_per_worker: f.threads_per_worker,
+        }),
+        workers: p
+            .workers
+            .into_iter()
+            .map(|w| {
+                let state = WorkerStatus::state_named(&w.state);
+                WorkerStatus {
+                    id: w.id,
+                    pid: w.pid,
+                    ready: matches!(state, "ready" | "draining"),
+                    state,
+                    in_flight: w.in_flight,
+                    served: w.served,
+                    rss_bytes: w.rss_bytes,
+                    age: Duration::from_millis(w.age_ms),
+                }
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,194 @@
+//! Admission: a request is refused, queued or placed; placed calls carry a
+//! deadline, and their outcome frees the worker again.
+
+use std::time::{Duration, Instant};
+
+use super::{Core, Effect, Queued};
+use crate::config::Profile;
+use crate::pool::call::{CallError, CallRequest, ErrorKind};
+use crate::pool::lifecycle::Reason;
+use crate::pool::routing::{has_room, least_loaded, Decision, RequestView, WorkerView};
+
+impl<R> Core<R> {
+    pub(super) fn submit(&mut self, request: CallRequest, reply: R, now: Instant) {
+        if self.shutdown.is_some() {
+            self.fail(reply, self.shutting_down());
+            return;
+        }
+        if let Some(tools) = &self.tools {
+            if !tools.contains(&request.tool) {
+                let message = format!(
+                    "pool `{}` has no tool `{}`; its tools are: {}",
+                    self.config.name,
+                    request.tool,
+                    tools.join(", ")
+                );
+                self.fail(reply, CallError::new(ErrorKind::UnknownTool, message));
+                return;
+            }
+        }
+        if self.queue.len() >= self.config.queue_limit && !self.queue.is_empty() {
+            self.fail(reply, self.saturated());
+            return;
+        }
+        // Behind anything already waiting, so the queue stays in order; the
+        // router places it now if it can.
+        self.queue.push_back(Queued { request, reply, deadline: now + self.config.queue_timeout });
+        self.pump(now);
+        if self.config.queue_limit == 0 {
+            if let Some(unplaced) = self.queue.pop_back() {
+                self.fail(unplaced.reply, self.saturated());
+            }
+        }
+    }
+
+    pub(super) fn fail(&mut self, reply: R, error: CallError) {
+        self.effects.push(Effect::Fail { reply, error });
+    }
+
+    pub(super) fn shutting_down(&self) -> CallError {
+        CallError::new(ErrorKind::ShuttingDown, format!("pool `{}` is shutting down", self.config.name))
+    }
+
+    fn saturated(&self) -> CallError {
+        CallError::new(
+            ErrorKind::Saturated,
+            format!(
+                "pool `{}` is saturated: every worker is busy and {} requests are queued (queue_limit)",
+                self.config.name,
+                self.queue.len()
+            ),
+        )
+    }
+
+    /// Places queued requests, oldest first, while the router finds workers.
+    pub(super) fn pump(&mut self, now: Instant) {
+        while let Some(front) = self.queue.front() {
+            let view = RequestView {
+                tool: front.request.tool.clone(),
+                session: front.request.session.clone(),
+                payload_size: front.request.payload.len() as u64,
+                metadata: front.request.metadata.clone(),
+            };
+            match self.decide(&view, now) {
+                Decision::Worker(id) => {
+                    let queued = self.queue.pop_front().expect("front exists");
+                    self.dispatch(id, queued, now);
+                }
+                Decision::Queue => break,
+                Decision::Reject(reason) => {
+                    let queued = self.queue.pop_front().expect("front exists");
+                    self.fail(queued.reply, CallError::new(ErrorKind::Rejected, reason));
+                }
+            }
+        }
+    }
+
+    /// Asks the router where `request` goes, showing it every worker.
+    fn decide(&mut self, request: &RequestView, now: Instant) -> Decision {
+        let capacity = self.threads();
+        self.views.clear();
+        self.views.extend(self.workers.iter().map(|w| WorkerView {
+            id: w.id,
+            capacity,
+            in_flight: w.in_flight,
+            served: w.served,
+            age_ms: now.duration_since(w.spawned_at).as_millis() as u64,
+            rss_bytes: w.rss_bytes,
+            state: w.router_state(),
+        }));
+        match self.router.route(request, &self.views) {
+            // A router behind the trait may be any code: the table stays
+            // consistent whatever it answers.
+            Decision::Worker(id) if !self.views.iter().any(|w| w.id == id && has_room(w)) => {
+                tracing::error!(pool = %self.config.name, worker = id,
+                    "the router chose a worker that cannot take a call; placing it by least-loaded instead");
+                least_loaded(&self.views)
+            }
+            decision => decision,
+        }
+    }
+
+    fn dispatch(&mut self, worker_id: u32, queued: Queued<R>, now: Instant) {
+        let worker = self.worker_mut(worker_id).expect("decide only answers with workers that have room");
+        worker.in_flight += 1;
+        worker.dispatched += 1;
+        let used_up = worker.limits.calls_used_up(worker.dispatched);
+        let nearly_used_up = worker.limits.calls_nearly_used_up(worker.dispatched);
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let Queued { request, reply, .. } = queued;
+        // A caller may ask for less time than the pool allows, never more.
+        let timeout =
+            request.timeout.map_or(self.config.request_timeout, |asked| asked.min(self.config.request_timeout));
+        let deadline = now + timeout;
+        self.call_deadlines.insert((deadline, request_id, worker_id));
+        self.effects.push(Effect::Call { worker: worker_id, request_id, request, reply, deadline, timeout });
+        if used_up {
+            self.retire(worker_id, Reason::MaxRequests, now);
+        } else if nearly_used_up {
+            self.prestart_successor(worker_id, now);
+        }
+    }
+
+    pub(super) fn finished(
+        &mut self,
+        worker_id: u32,
+        tool: &str,
+        ok: bool,
+        latency: Duration,
+        timed_out: bool,
+        now: Instant,
+    ) {
+        self.served += 1;
+        if ok {
+            self.backoff.reset();
+        } else {
+            self.failed += 1;
+        }
+        if let Some(worker) = self.worker_mut(worker_id) {
+            worker.in_flight -= 1;
+            worker.served += 1;
+        }
+        // A worker that overran may still be computing the abandoned call
+        // (its late answer is dropped: request ids are never reused). A
+        // process worker is killed at once; a thread worker drains, so its
+        // other calls finish, and the stop steps end the stuck one.
+        if timed_out {
+            match self.profile {
+                Profile::Process => self.kill(worker_id, Reason::Timeout),
+                Profile::Thread => self.retire(worker_id, Reason::Timeout, now),
+            }
+        }
+        self.router.on_complete(worker_id, tool, ok, latency);
+        self.advance_recycles(now);
+        self.pump(now);
+    }
+
+    /// Gives up on calls past their request timeout: the driver abandons
+    /// each, its caller gets a timeout error, and the [`super::Input::Finished`]
+    /// that follows retires the worker. A call that ended meanwhile is left
+    /// alone.
+    pub(super) fn expire_calls(&mut self, now: Instant) {
+        while let Some(&(deadline, request_id, worker)) = self.call_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.call_deadlines.pop_first();
+            if self.worker(worker).is_some_and(|w| w.has_started()) {
+                self.effects.push(Effect::Abandon { worker, request_id });
+            }
+        }
+    }
+
+    pub(super) fn expire_queue(&mut self, now: Instant) {
+        while self.queue.front().is_some_and(|q| q.deadline <= now) {
+            let queued = self.queue.pop_front().expect("front exists");
+            let message = format!(
+                "no worker of pool `{}` took the request within {:?} (queue_timeout)",
+                self.config.name, self.config.queue_timeout
+            );
+            self.fail(queued.reply, CallError::new(ErrorKind::QueueTimeout, message));
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The pool's status, built from the core's own counts.
+
+use std::time::Instant;
+
+use super::Core;
+use crate::pool::status::{PoolStatus, WorkerStatus};
+
+impl<R> Core<R> {
+    pub fn status(&self, now: Instant) -> PoolStatus {
+        let count = |name: &str| self.workers.iter().filter(|w| w.state_name() == name).count() as u32;
+        PoolStatus {
+            name: self.config.name.clone(),
+            profile: self.profile.to_string(),
+            threads_per_worker: self.threads(),
+            fallback: self.fallback.clone(),
+            size: self.config.size,
+            ready: self.workers.iter().filter(|w| w.is_serving()).count() as u32,
+            starting: count("starting"),
+            draining: count("draining"),
+            in_flight: self.workers.iter().map(|w| w.in_flight).sum(),
+            queued: self.queue.len() as u32,
+            served: self.served,
+            failed: self.failed,
+            crashes: self.crashes,
+            restarts: self.restarts,
+            recycles: self.recycles.clone(),
+            degraded: self.backoff.degraded(!self.replacements_due.is_empty()),
+            router: self.router.report(),
+            facts: self.facts.clone(),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| WorkerStatus {
+                    id: w.id,
+                    pid: w.pid,
+                    state: w.state_name(),
+                    ready: w.is_serving(),
+                    in_flight: w.in_flight,
+                    served: w.served,
+                    rss_bytes: w.rss_bytes,
+                    age: now.duration_since(w.spawned_at),
+                })
+                .collect(),
+        }
+    }
+}

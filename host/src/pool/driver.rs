@@ -1,0 +1,284 @@
+//! The tokio task behind a [`super::Pool`]: turns what happens (requests,
+//! answers, worker starts and exits, timers) into [`Input`]s for the pool's
+//! [`Core`], and carries out the [`Effect`]s it answers with on real
+//! workers. It decides nothing itself.
+//!
+//! Owns: the worker handles, the pool's channels and timers. Must not
+//! touch: the queue or the worker table (the core's).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, MissedTickBehavior};
+
+use super::call::{CallError, CallOutput, CallRequest, ErrorKind, RecycleError};
+use super::core::{Core, Effect, Input, Sample, StopSignal, WorkerReady};
+use super::routing::Router;
+use super::status::PoolStatus;
+use super::PoolServices;
+use crate::config::PoolConfig;
+use crate::worker::{self, CallOutcome, StartError, WorkerExit, WorkerHandle};
+
+/// Longest gap between two health rounds (memory samples, ttl, stop steps);
+/// pings may ask for shorter.
+const MAX_HEALTH_PERIOD: Duration = Duration::from_secs(1);
+
+/// How a caller gets its answer.
+pub(super) type Reply = oneshot::Sender<Result<CallOutput, CallError>>;
+
+pub(super) enum Event {
+    Submit {
+        request: CallRequest,
+        reply: Reply,
+    },
+    Finished {
+        worker: u32,
+        request_id: u64,
+        deadline: Instant,
+        tool: String,
+        ok: bool,
+        latency: Duration,
+        timed_out: bool,
+    },
+    Started {
+        id: u32,
+        outcome: Result<WorkerHandle, StartError>,
+    },
+    Recycle {
+        worker: u32,
+        reply: oneshot::Sender<Result<(), RecycleError>>,
+    },
+    Status(oneshot::Sender<PoolStatus>),
+    Shutdown {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Starts the pool's task and its first workers. The receiver says when
+/// the first worker is ready, or why none started.
+pub(super) fn spawn(
+    config: PoolConfig,
+    index: usize,
+    router: Box<dyn Router>,
+    services: PoolServices,
+) -> (mpsc::UnboundedSender<Event>, oneshot::Receiver<Result<(), StartError>>) {
+    let (events, incoming) = mpsc::unbounded_channel();
+    let (exits, exit_events) = mpsc::unbounded_channel();
+    let (started, started_rx) = oneshot::channel();
+    let health_period = config.lifecycle.ping_interval.min(MAX_HEALTH_PERIOD);
+    let mut core = Core::new(config, index, services.socket_dir.clone(), router, Instant::now());
+    let mut effector = Effector {
+        handles: HashMap::new(),
+        events: events.downgrade(),
+        exits,
+        services,
+        start_report: Some(started),
+        stopped: Vec::new(),
+    };
+    for effect in core.effects() {
+        effector.apply(effect);
+    }
+    tokio::spawn(Driver { core, effector }.run(incoming, exit_events, health_period));
+    (events, started_rx)
+}
+
+struct Driver {
+    core: Core<Reply>,
+    effector: Effector,
+}
+
+/// Carries out effects; everything the core must not hold.
+struct Effector {
+    handles: HashMap<u32, WorkerHandle>,
+    /// For the pool's own tasks. Weak, so that dropping every
+    /// [`super::Pool`] handle ends the pool.
+    events: mpsc::WeakUnboundedSender<Event>,
+    exits: mpsc::UnboundedSender<WorkerExit>,
+    services: PoolServices,
+    start_report: Option<oneshot::Sender<Result<(), StartError>>>,
+    /// Who waits for the shutdown to finish.
+    stopped: Vec<oneshot::Sender<()>>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut incoming: mpsc::UnboundedReceiver<Event>,
+        mut exits: mpsc::UnboundedReceiver<WorkerExit>,
+        health_period: Duration,
+    ) {
+        let mut health = tokio::time::interval(health_period);
+        health.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut handles_dropped = false;
+        loop {
+            let deadline = self.core.next_deadline();
+            let input = tokio::select! {
+                event = incoming.recv(), if !handles_dropped => match event {
+                    Some(event) => match self.accept(event) {
+                        Some(input) => input,
+                        None => continue,
+                    },
+                    None => {
+                        handles_dropped = true;
+                        Input::Shutdown { grace: Duration::ZERO }
+                    }
+                },
+                Some(exit) = exits.recv() => {
+                    self.effector.handles.remove(&exit.id);
+                    Input::Exited { id: exit.id, status: exit.status }
+                }
+                _ = health.tick() => Input::Health(self.effector.samples()),
+                _ = sleep_until(deadline.unwrap_or_else(far_future).into()), if deadline.is_some() => Input::Tick,
+            };
+            for effect in self.core.on(input, Instant::now()) {
+                self.effector.apply(effect);
+            }
+            if self.core.is_stopped() {
+                for waiter in self.effector.stopped.drain(..) {
+                    let _ = waiter.send(());
+                }
+                break;
+            }
+        }
+    }
+
+    /// The core's input for `event`; `None` for queries answered here.
+    fn accept(&mut self, event: Event) -> Option<Input<Reply>> {
+        let now = Instant::now();
+        Some(match event {
+            Event::Submit { request, reply } => Input::Submit { request, reply },
+            Event::Finished { worker, request_id, deadline, tool, ok, latency, timed_out } => {
+                Input::Finished { worker, request_id, deadline, tool, ok, latency, timed_out }
+            }
+            Event::Started { id, outcome } => {
+                let outcome = outcome.map(|handle| {
+                    let ready =
+                        WorkerReady { pid: handle.pid, hello: handle.hello.clone(), rss_bytes: handle.rss_bytes().unwrap_or(0) };
+                    self.effector.handles.insert(id, handle);
+                    ready
+                });
+                Input::Started { id, outcome }
+            }
+            Event::Recycle { worker, reply } => {
+                let _ = reply.send(self.core.recycle(worker, now));
+                for effect in self.core.effects() {
+                    self.effector.apply(effect);
+                }
+                return None;
+            }
+            Event::Status(reply) => {
+                let _ = reply.send(self.core.status(now));
+                return None;
+            }
+            Event::Shutdown { grace, done } => {
+                self.effector.stopped.push(done);
+                Input::Shutdown { grace }
+            }
+        })
+    }
+}
+
+impl Effector {
+    fn apply(&mut self, effect: Effect<Reply>) {
+        match effect {
+            Effect::Start(spec) => {
+                let (services, exits, events) = (self.services.clone(), self.exits.clone(), self.events.clone());
+                tokio::spawn(async move {
+                    let id = spec.id;
+                    let outcome = worker::start(&spec, &services.spawner, &services.records, exits).await;
+                    notify(&events, Event::Started { id, outcome });
+                });
+            }
+            Effect::Call { worker, request_id, request, reply, deadline, timeout } => {
+                let handle = self.handles.get(&worker).expect("the core calls only workers that said hello");
+                let events = self.events.clone();
+                let tool = request.tool.clone();
+                let started = Instant::now();
+                // Runs where the outcome is learnt: the connection's reader,
+                // the worker's driver, or an abandon (Abandoned).
+                let on_answer = Box::new(move |outcome| {
+                    let duration = started.elapsed();
+                    let (result, timed_out) = answer(outcome, worker, duration, timeout);
+                    // The pool hears first, so a caller who asks for the
+                    // pool's status after its answer never sees its call
+                    // still in flight.
+                    let ok = result.is_ok();
+                    let finished =
+                        Event::Finished { worker, request_id, deadline, tool, ok, latency: duration, timed_out };
+                    notify(&events, finished);
+                    let _ = reply.send(result);
+                });
+                handle.call(request_id, &request.tool, request.content_type, request.payload, on_answer);
+            }
+            Effect::Fail { reply, error } => {
+                let _ = reply.send(Err(error));
+            }
+            Effect::Abandon { worker, request_id } => {
+                if let Some(handle) = self.handles.get(&worker) {
+                    handle.abandon(request_id);
+                }
+            }
+            Effect::Ping { worker, sequence } => self.with(worker, |handle| handle.ping(sequence)),
+            Effect::Stop { worker } => self.with(worker, WorkerHandle::shutdown),
+            Effect::Signal { worker, signal } => self.with(worker, |handle| {
+                handle.signal(match signal {
+                    StopSignal::Term => Signal::SIGTERM,
+                    StopSignal::Kill => Signal::SIGKILL,
+                })
+            }),
+            Effect::Kill { worker } => self.with(worker, WorkerHandle::kill),
+            Effect::Started(result) => {
+                if let Some(report) = self.start_report.take() {
+                    let _ = report.send(result);
+                }
+            }
+        }
+    }
+
+    fn with(&self, worker: u32, act: impl FnOnce(&WorkerHandle)) {
+        if let Some(handle) = self.handles.get(&worker) {
+            act(handle);
+        }
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        self.handles
+            .iter()
+            .map(|(&worker, handle)| Sample {
+                worker,
+                rss_bytes: handle.rss_bytes().unwrap_or(0),
+                last_pong: handle.last_pong(),
+            })
+            .collect()
+    }
+}
+
+/// A call's outcome as its caller sees it, and whether it timed out.
+fn answer(outcome: CallOutcome, worker: u32, duration: Duration, timeout: Duration) -> (Result<CallOutput, CallError>, bool) {
+    match outcome {
+        CallOutcome::Done { content_type, payload } => {
+            (Ok(CallOutput { payload, content_type, worker, duration }), false)
+        }
+        CallOutcome::Failed(error) => (Err(CallError::from_worker(error)), false),
+        CallOutcome::Crashed(how) => {
+            (Err(CallError::new(ErrorKind::WorkerCrashed, format!("the worker crashed: {how}"))), false)
+        }
+        CallOutcome::Abandoned => {
+            let message = format!("no answer within {timeout:?}; the worker was stopped and is being replaced");
+            (Err(CallError::new(ErrorKind::Timeout, message)), true)
+        }
+    }
+}
+
+fn notify(events: &mpsc::WeakUnboundedSender<Event>, event: Event) {
+    if let Some(events) = events.upgrade() {
+        let _ = events.send(event);
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}

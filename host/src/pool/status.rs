@@ -1,0 +1,91 @@
+//! A point-in-time view of a pool and its workers, for status pages,
+//! the API and tests.
+//!
+//! Owns: the status types. Must not touch: the dispatcher's state (the
+//! core builds these from it).
+
+use std::time::Duration;
+
+use super::lifecycle::RecycleCounts;
+use super::routing::RouterReport;
+
+/// A point-in-time view of a pool.
+#[derive(Clone, Debug)]
+pub struct PoolStatus {
+    pub name: String,
+    /// The profile its workers run: the configured one, or `process` after
+    /// a fallback.
+    pub profile: String,
+    /// Calls each worker serves at once.
+    pub threads_per_worker: u32,
+    /// Why a thread pool fell back to process workers.
+    pub fallback: Option<String>,
+    pub size: u32,
+    /// Workers that said hello and are not being stopped (draining ones
+    /// count: they finish their calls).
+    pub ready: u32,
+    pub starting: u32,
+    /// Workers being recycled: no new calls, finishing their own.
+    pub draining: u32,
+    pub in_flight: u32,
+    pub queued: u32,
+    /// Calls answered (successfully or not) since the pool started.
+    pub served: u64,
+    pub failed: u64,
+    /// Workers that exited without being asked to.
+    pub crashes: u64,
+    /// Workers started to replace others (recycles, crashes, timeouts,
+    /// failed starts).
+    pub restarts: u64,
+    /// Recycles and restarts by reason.
+    pub recycles: RecycleCounts,
+    /// Crashing repeatedly: replacements are being delayed.
+    pub degraded: bool,
+    /// The routing policy and its counters.
+    pub router: RouterReport,
+    /// What the newest worker said about its interpreter; `None` until one
+    /// is ready.
+    pub facts: Option<PoolFacts>,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// A pool's interpreter as its workers see it after importing the adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolFacts {
+    pub python_version: String,
+    pub implementation: String,
+    pub free_threaded_build: bool,
+    pub gil_enabled: bool,
+    /// The adapter's `thread_safe` declaration, `None` when it made none.
+    pub thread_safe: Option<bool>,
+    pub unsafe_modules: Vec<String>,
+    pub threads_per_worker: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerStatus {
+    pub id: u32,
+    /// 0 while starting.
+    pub pid: u32,
+    /// `starting`, `ready`, `draining` or `stopping`.
+    pub state: &'static str,
+    /// Said hello and is not being stopped (a draining worker is ready:
+    /// it finishes its calls).
+    pub ready: bool,
+    pub in_flight: u32,
+    pub served: u64,
+    /// At the last sample (about once a second).
+    pub rss_bytes: u64,
+    pub age: Duration,
+}
+
+
+impl WorkerStatus {
+    /// Every [`WorkerStatus::state`] there is.
+    pub const STATES: [&'static str; 4] = ["starting", "ready", "draining", "stopping"];
+
+    /// The state called `name`, or `"unknown"` for a name no state has.
+    pub fn state_named(name: &str) -> &'static str {
+        Self::STATES.into_iter().find(|state| *state == name).unwrap_or("unknown")
+    }
+}
