@@ -47,6 +47,7 @@ impl Spawner {
         let host = nix::unistd::getpid();
         // SAFETY: runs between fork and exec; calls only async-signal-safe
         // system calls (setpgid, prctl, getppid).
+        #[allow(unsafe_code)]
         unsafe {
             command.as_std_mut().pre_exec(move || {
                 nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;

@@ -1,0 +1,248 @@
+//! A running worker's connections: the reader and writer tasks of each
+//! socket, and the driver task that owns the process until it is gone.
+//!
+//! Owns: the sockets and the child after hello, and failing the calls a
+//! dead worker held. Must not touch: which calls a worker gets; that is the
+//! pool's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::BufReader;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+
+use super::protocol::{read_frame, Frame};
+use super::start::Connections;
+use super::{describe_exit, kill_group, lock, CallOutcome, SharedPending, WorkerExit, WorkerRecords};
+
+/// After the socket closes, how long the process may take to exit before
+/// it is killed.
+const EXIT_AFTER_EOF: Duration = Duration::from_secs(2);
+
+/// The task that owns a running worker: forwards calls, routes answers to
+/// their callers, and reports the exit.
+pub(super) struct Driver {
+    pub(super) id: u32,
+    pub(super) pool: String,
+    pub(super) pid: u32,
+    pub(super) records: WorkerRecords,
+    pub(super) exits: mpsc::UnboundedSender<WorkerExit>,
+}
+
+impl Driver {
+    /// Starts a reader and a writer task per connection (each owns its
+    /// half, so no frame is ever cut short by a cancelled select). The call
+    /// reader answers calls itself; the control reader records pongs.
+    /// Returns the senders for each connection and a channel that fires
+    /// when either connection closes.
+    pub(super) fn spawn_io(
+        &self,
+        connections: Connections,
+        pending: SharedPending,
+        last_pong: Arc<AtomicU64>,
+    ) -> (FrameWriter, FrameWriter, mpsc::Receiver<Option<std::io::Error>>) {
+        let Connections { mut control_reader, control_writer, call } = connections;
+        let (call_read, call_writer) = call.into_split();
+        let mut call_reader = BufReader::new(call_read);
+        let (closed_tx, closed) = mpsc::channel(2);
+        let (pool, id) = (self.pool.clone(), self.id);
+
+        let closed_by_calls = closed_tx.clone();
+        let call_pool = pool.clone();
+        tokio::spawn(async move {
+            let ended = loop {
+                let (call, outcome) = match read_frame(&mut call_reader).await {
+                    Ok(Some(Frame::Result { id, content_type, payload })) => {
+                        (id, CallOutcome::Done { content_type, payload })
+                    }
+                    Ok(Some(Frame::Error { id, error })) => (id, CallOutcome::Failed(error)),
+                    Ok(Some(other)) => {
+                        tracing::warn!(pool = %call_pool, worker = id, "ignoring an unexpected frame on the call connection: {other:?}");
+                        continue;
+                    }
+                    Ok(None) => break None,
+                    Err(err) => break Some(err),
+                };
+                // An answer to a call nobody waits for any more (it was
+                // abandoned) is dropped here.
+                let on_answer = lock(&pending).calls.remove(&call);
+                if let Some(on_answer) = on_answer {
+                    on_answer(outcome);
+                }
+            };
+            let _ = closed_by_calls.send(ended).await;
+        });
+        tokio::spawn(async move {
+            let ended = loop {
+                match read_frame(&mut control_reader).await {
+                    Ok(Some(Frame::Pong { id })) => {
+                        last_pong.fetch_max(id, Ordering::AcqRel);
+                    }
+                    Ok(Some(Frame::Error { error, .. })) => {
+                        tracing::warn!(pool = %pool, worker = id, "the worker refused a control frame: {}", error.message);
+                    }
+                    Ok(Some(other)) => {
+                        tracing::warn!(pool = %pool, worker = id, "ignoring an unexpected frame on the control connection: {other:?}");
+                    }
+                    Ok(None) => break None,
+                    Err(err) => break Some(err),
+                }
+            };
+            let _ = closed_tx.send(ended).await;
+        });
+        (FrameWriter::new(call_writer), FrameWriter::new(control_writer), closed)
+    }
+
+    /// Waits for the process to end (killing it when asked, or when its
+    /// socket breaks), then fails what it still held and reports the exit.
+    pub(super) async fn run(
+        self,
+        mut child: Child,
+        mut closed: mpsc::Receiver<Option<std::io::Error>>,
+        mut kill_requests: mpsc::UnboundedReceiver<()>,
+        pending: SharedPending,
+    ) {
+        let status = loop {
+            tokio::select! {
+                ended = closed.recv() => {
+                    if let Some(Some(err)) = ended {
+                        tracing::warn!(pool = %self.pool, worker = self.id, error = %err, "protocol error; stopping the worker");
+                        kill_group(self.pid);
+                    }
+                    break match tokio::time::timeout(EXIT_AFTER_EOF, child.wait()).await {
+                        Ok(status) => status,
+                        Err(_) => {
+                            kill_group(self.pid);
+                            child.wait().await
+                        }
+                    };
+                }
+                status = child.wait() => break status,
+                request = kill_requests.recv() => {
+                    kill_group(self.pid);
+                    if request.is_none() {
+                        break child.wait().await;
+                    }
+                }
+            }
+        };
+        // Whatever else it left (a grandchild, say) goes with it.
+        kill_group(self.pid);
+        let status = match status {
+            Ok(status) => describe_exit(status),
+            Err(err) => format!("could not be waited for ({err})"),
+        };
+        let how = format!("worker {} (pid {}) {status}", self.id, self.pid);
+        let held: Vec<_> = {
+            let mut pending = lock(&pending);
+            pending.gone = Some(how.clone());
+            pending.calls.drain().map(|(_, reply)| reply).collect()
+        };
+        for on_answer in held {
+            on_answer(CallOutcome::Crashed(how.clone()));
+        }
+        self.records.remove(self.pid);
+        let _ = self.exits.send(WorkerExit { id: self.id, status });
+    }
+}
+
+/// Writes one connection's frames in order. A frame goes straight onto the
+/// socket from the sending task when the socket takes it whole; otherwise
+/// it, and every frame after it until the backlog is written, goes through
+/// a writer task. That keeps a task hand-off off the hot path.
+#[derive(Clone)]
+pub(super) struct FrameWriter(Arc<WriterShared>);
+
+struct WriterShared {
+    socket: OwnedWriteHalf,
+    /// Frames for the writer task; while it has any, every frame goes there.
+    backlog: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    /// Set once a write failed: the connection is gone.
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl FrameWriter {
+    fn new(socket: OwnedWriteHalf) -> Self {
+        FrameWriter(Arc::new(WriterShared {
+            socket,
+            backlog: Mutex::new(None),
+            broken: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// Writes `frame`, or queues it behind the backlog. Frames after a
+    /// failed write are dropped: the process is going, and its driver
+    /// fails the calls it held.
+    pub(super) fn send(&self, frame: Bytes) {
+        let shared = &self.0;
+        if shared.broken.load(Ordering::Acquire) {
+            return;
+        }
+        let mut backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = backlog.as_ref() {
+            let _ = queue.send(frame);
+            return;
+        }
+        let mut written = 0;
+        while written < frame.len() {
+            match shared.socket.try_write(&frame[written..]) {
+                Ok(n) => written += n,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    shared.broken.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        }
+        if written < frame.len() {
+            let (queue, frames) = mpsc::unbounded_channel();
+            let _ = queue.send(frame.slice(written..));
+            *backlog = Some(queue);
+            tokio::spawn(drain_backlog(self.0.clone(), frames));
+        }
+    }
+}
+
+/// Writes queued frames until none are left, then hands writing back to
+/// the senders. The backlog lock makes "none left" and "hand back" one
+/// step, so no frame can slip in between and be written out of order.
+async fn drain_backlog(shared: Arc<WriterShared>, mut frames: mpsc::UnboundedReceiver<Bytes>) {
+    loop {
+        let frame = match frames.try_recv() {
+            Ok(frame) => frame,
+            Err(_) => {
+                let mut backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
+                match frames.try_recv() {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        *backlog = None;
+                        return;
+                    }
+                }
+            }
+        };
+        if write_all(&shared.socket, &frame).await.is_err() {
+            shared.broken.store(true, Ordering::Release);
+            *shared.backlog.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
+    }
+}
+
+/// `write_all` on a shared write half: wait until writable, then write
+/// without blocking, until the frame is out.
+async fn write_all(socket: &OwnedWriteHalf, mut frame: &[u8]) -> std::io::Result<()> {
+    while !frame.is_empty() {
+        socket.as_ref().writable().await?;
+        match socket.try_write(frame) {
+            Ok(n) => frame = &frame[n..],
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
