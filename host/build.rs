@@ -19,7 +19,10 @@ fn main() {
 fn compile_protos() {
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("protoc-bin-vendored has a protoc for this platform");
     // SAFETY: build scripts are single-threaded.
-    unsafe { env::set_var("PROTOC", protoc) };
+    #[allow(unsafe_code)]
+    unsafe {
+        env::set_var("PROTOC", protoc)
+    };
     println!("cargo:rerun-if-changed=proto/pitboss/v1/pitboss.proto");
     tonic_prost_build::configure()
         .compile_protos(&["proto/pitboss/v1/pitboss.proto"], &["proto"])

@@ -273,7 +273,7 @@ async fn leftovers_of_an_earlier_run_are_swept_at_start() {
     let pid = leftover.id();
     let records = dir.path().join("run/workers");
     std::fs::create_dir_all(&records).unwrap();
-    let start_time = pitboss::worker::process_start_time(pid).unwrap();
+    let start_time = pitboss::process_start_time(pid).unwrap();
     std::fs::write(
         records.join(format!("{pid}.json")),
         format!(r#"{{"run_id":"earlier","pool":"pool","worker":0,"pid":{pid},"start_time":{start_time}}}"#),

@@ -188,8 +188,11 @@ pub mod __private {
     /// single-threaded, so the `Sync` promise holds.
     pub struct PolicyCell<P>(RefCell<Option<P>>);
 
+    #[allow(unsafe_code)]
     unsafe impl<P> Sync for PolicyCell<P> {}
 
+    // Only ever a `static`, built by the const `new`.
+    #[allow(clippy::new_without_default)]
     impl<P> PolicyCell<P> {
         pub const fn new() -> Self {
             PolicyCell(RefCell::new(None))
@@ -261,6 +264,7 @@ macro_rules! __plugin_section {
     () => {
         const PLUGIN_ID: &str = concat!(env!("CARGO_PKG_NAME"), "@", env!("CARGO_PKG_VERSION"));
         #[used]
+        #[allow(unsafe_code)]
         #[unsafe(link_section = "pitboss-plugin")]
         static PLUGIN_SECTION: [u8; PLUGIN_ID.len()] = $crate::__private::bytes(PLUGIN_ID);
     };

@@ -94,7 +94,7 @@ async fn load(host: &Arc<Host>, tool: &str, args: &str, callers: usize, calls: u
 
 /// Total resident memory of the pool's worker processes now.
 async fn total_rss(host: &Host) -> u64 {
-    host.status().await[0].workers.iter().filter_map(|w| pitboss::worker::resident_bytes(w.pid)).sum()
+    host.status().await[0].workers.iter().filter_map(|w| pitboss::resident_bytes(w.pid)).sum()
 }
 
 /// One tool called by a fixed number of callers, each back to back.

@@ -8,20 +8,30 @@
 //!   sandbox limits and the swappable slot each pool reads its policy from.
 //! - [`python`]: what each pool's interpreter is and has installed; feeds
 //!   the compat rules in [`policy`].
-//! - [`pool`]: one dispatcher per pool: queue, routing, timeouts, restarts.
-//! - [`worker`]: Python processes, the framed protocol, their lifecycle.
+//! - [`pool`]: each pool's state machine (queue, routing, timeouts,
+//!   recycling, restarts) and the plain types a [`pool::Router`] sees;
+//!   [`policy`] builds on these, not the other way round.
+//! - `worker`: Python processes, the framed protocol, their lifecycle.
 //! - [`host`]: [`Host`], which starts all of the above and runs calls; a Rust
 //!   program can embed it.
 //! - [`api`] and [`cli`]: the gRPC service and the command line, on top of
 //!   a [`Host`].
 
 pub mod api;
+#[doc(hidden)]
 pub mod cli;
 pub mod config;
 pub mod host;
 pub mod policy;
 pub mod pool;
 pub mod python;
-pub mod worker;
+mod worker;
 
+pub use api::Client;
+pub use config::Config;
 pub use host::Host;
+pub use pool::{CallError, CallOutput, CallRequest, ErrorKind, PoolStatus, RecycleError, WorkerStatus};
+pub use worker::ContentType;
+/// What /proc says about a worker process, for programs that watch a host's
+/// workers (its tests check for orphans and memory with these).
+pub use worker::{process_start_time, resident_bytes};

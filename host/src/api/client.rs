@@ -48,8 +48,9 @@ impl Client {
         match self.pitboss.execute(message).await {
             Ok(response) => {
                 let response = response.into_inner();
-                let content_type = proto::ContentType::try_from(response.content_type)
-                    .map_err(|_| unexpected(&Status::internal(format!("unknown content type {}", response.content_type))))?;
+                let content_type = proto::ContentType::try_from(response.content_type).map_err(|_| {
+                    unexpected(&Status::internal(format!("unknown content type {}", response.content_type)))
+                })?;
                 Ok(CallOutput {
                     payload: response.payload.into(),
                     content_type: content_type_from_proto(content_type),

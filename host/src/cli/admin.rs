@@ -50,7 +50,10 @@ fn print_pool(pool: &PoolStatus) {
         let build = if facts.free_threaded_build { "free-threaded" } else { "GIL build" };
         let gil = if facts.gil_enabled { "on" } else { "off" };
         let thread_safe = facts.thread_safe.map_or("undeclared", |safe| if safe { "true" } else { "false" });
-        println!("  python {} ({}, {build}), GIL {gil}, thread_safe {thread_safe}", facts.python_version, facts.implementation);
+        println!(
+            "  python {} ({}, {build}), GIL {gil}, thread_safe {thread_safe}",
+            facts.python_version, facts.implementation
+        );
     }
     println!(
         "  {} in flight, {} queued, {} served, {} failed, {} crashes, router {}",

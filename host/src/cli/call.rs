@@ -52,11 +52,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             }
         },
     };
-    let request = CallRequest {
-        session: args.session.clone(),
-        timeout: args.timeout,
-        ..CallRequest::json(&args.tool, payload)
-    };
+    let request =
+        CallRequest { session: args.session.clone(), timeout: args.timeout, ..CallRequest::json(&args.tool, payload) };
     let answer = with_host(args.addr, async |mut client| client.execute(&args.pool, request).await)?;
     match answer {
         Ok(output) => {

@@ -41,8 +41,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         ..PolicyLimits::default()
     };
     let engine = PolicyEngine::new(crate::config::default_policy_cache())?;
-    let report =
-        simulate(&engine, &source, limits, Simulation { workers: args.workers, requests: args.requests })?;
+    let report = simulate(&engine, &source, limits, Simulation { workers: args.workers, requests: args.requests })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

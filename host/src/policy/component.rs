@@ -14,8 +14,8 @@ use wasmtime::Store;
 
 use super::engine::{PolicyEngine, PolicyState, EPOCH_TICK};
 use super::guest_log::LogCounters;
-use crate::config::PolicyLimits;
 use super::meta::PluginMeta;
+use crate::config::PolicyLimits;
 
 /// A compiled component linked against the sandbox, exports not yet bound.
 pub(super) struct Linked {

@@ -5,12 +5,17 @@
 //! shape, and lowers a whole `list<worker-view>` with one borrow of guest
 //! memory.
 //!
-//! Why the hand-written list lowering: wasmtime 48 lowers a record field by field, looking the guest's
-//! memory up again for every field; for the seven fields of a worker view
+//! Why the hand-written list lowering: wasmtime 48 lowers a record field
+//! by field, looking the guest's memory up again for every field; for the
+//! seven fields of a worker view
 //! that is about 90 ns per worker, four times the whole decision budget at
 //! 1,024 workers. Everything else uses wasmtime's derives. wasmtime
 //! type-checks these definitions against every component when it is
 //! loaded, so a drift from the WIT fails there, loudly.
+
+// The one file allowed `unsafe`: implementing wasmtime's component traits
+// for the pool's types is how the fast lowering above is done.
+#![allow(unsafe_code)]
 
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext, LowerContext};
 use wasmtime::component::{ComponentType, Lift, Lower};
@@ -200,11 +205,7 @@ unsafe impl Lower for RequestView {
 
 // SAFETY: lifts with the mirror, then moves its fields over.
 unsafe impl Lift for Decision {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> wasmtime::Result<Self> {
+    fn linear_lift_from_flat(cx: &mut LiftContext<'_>, ty: InterfaceType, src: &Self::Lower) -> wasmtime::Result<Self> {
         WitDecision::linear_lift_from_flat(cx, ty, src).map(Decision::from)
     }
 

@@ -15,8 +15,8 @@ use wasmtime::{Config, Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::guest_log::{GuestLog, LogCounters};
-use crate::config::PolicyLimits;
 use super::router;
+use crate::config::PolicyLimits;
 
 /// How often the epoch advances: the resolution of call deadlines.
 pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -99,7 +99,9 @@ impl PolicyEngine {
             // configuration serialised, under a name derived from their source
             // and the engine's compatibility hash. A corrupt or foreign file
             // is rejected by wasmtime's header checks and recompiled below.
-            match unsafe { Component::deserialize_file(&self.inner.engine, &path) } {
+            #[allow(unsafe_code)]
+            let cached = unsafe { Component::deserialize_file(&self.inner.engine, &path) };
+            match cached {
                 Ok(component) => return Ok(CompiledComponent { component, from_cache: true }),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %err, "discarding unreadable cached component")

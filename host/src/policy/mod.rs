@@ -28,14 +28,14 @@ mod simulate;
 mod slot;
 mod source;
 
+pub use crate::config::PolicyLimits;
+pub use crate::pool::least_loaded as native_least_loaded;
 pub use compat_rules::{CompatRules, Finding, Level, Recommendation};
 pub use config_rules::{check_config, ConfigRules};
 pub use contract::{Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView};
 pub use engine::{CompiledComponent, PolicyEngine};
 pub use fault::{FaultKind, PolicyFault};
-pub use crate::config::PolicyLimits;
 pub use meta::PluginMeta;
-pub use crate::pool::least_loaded as native_least_loaded;
 pub use router::{Routed, RouterInstance, RouterPolicy, RouterStats, RouterStatsSnapshot};
 pub use rules::RULES_LIMITS;
 pub use simulate::{simulate, ScenarioReport, Simulation, SimulationReport};

@@ -14,10 +14,10 @@ use super::component::{self, arm};
 use super::engine::{PolicyEngine, PolicyState};
 use super::fault::{FaultKind, PolicyFault};
 use super::guest_log::LogCounters;
-use crate::config::PolicyLimits;
 use super::meta::PluginMeta;
 use super::slot::RouterSlot;
 use super::source::PolicySource;
+use crate::config::PolicyLimits;
 
 mod bindings {
     wasmtime::component::bindgen!({

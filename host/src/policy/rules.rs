@@ -16,9 +16,9 @@ use super::component::{self, arm};
 use super::engine::{PolicyEngine, PolicyState};
 use super::fault::PolicyFault;
 use super::guest_log::LogCounters;
-use crate::config::PolicyLimits;
 use super::meta::PluginMeta;
 use super::source::PolicySource;
+use crate::config::PolicyLimits;
 
 /// Limits of every rules call: rules run once per config or pool, not per
 /// request, so the deadlines are generous; fuel and memory still bound a

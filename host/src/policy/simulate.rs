@@ -244,4 +244,3 @@ fn percentile(sorted: &[u64], pct: usize) -> u64 {
     }
     sorted[(sorted.len() - 1) * pct / 100]
 }
-

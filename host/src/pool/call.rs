@@ -169,4 +169,3 @@ pub enum RecycleError {
     #[error("{0}")]
     Refused(String),
 }
-

@@ -155,8 +155,11 @@ impl Driver {
             }
             Event::Started { id, outcome } => {
                 let outcome = outcome.map(|handle| {
-                    let ready =
-                        WorkerReady { pid: handle.pid, hello: handle.hello.clone(), rss_bytes: handle.rss_bytes().unwrap_or(0) };
+                    let ready = WorkerReady {
+                        pid: handle.pid,
+                        hello: handle.hello.clone(),
+                        rss_bytes: handle.rss_bytes().unwrap_or(0),
+                    };
                     self.effector.handles.insert(id, handle);
                     ready
                 });
@@ -257,7 +260,12 @@ impl Effector {
 }
 
 /// A call's outcome as its caller sees it, and whether it timed out.
-fn answer(outcome: CallOutcome, worker: u32, duration: Duration, timeout: Duration) -> (Result<CallOutput, CallError>, bool) {
+fn answer(
+    outcome: CallOutcome,
+    worker: u32,
+    duration: Duration,
+    timeout: Duration,
+) -> (Result<CallOutput, CallError>, bool) {
     match outcome {
         CallOutcome::Done { content_type, payload } => {
             (Ok(CallOutput { payload, content_type, worker, duration }), false)

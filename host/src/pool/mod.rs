@@ -37,15 +37,15 @@ use crate::worker::{Spawner, StartError, WorkerRecords};
 
 /// Shared services a pool needs from its host.
 #[derive(Clone)]
-pub struct PoolServices {
-    pub spawner: Spawner,
-    pub records: WorkerRecords,
-    pub socket_dir: std::path::PathBuf,
+pub(crate) struct PoolServices {
+    pub(crate) spawner: Spawner,
+    pub(crate) records: WorkerRecords,
+    pub(crate) socket_dir: std::path::PathBuf,
 }
 
 /// The handle callers use; cheap to clone.
 #[derive(Clone)]
-pub struct Pool {
+pub(crate) struct Pool {
     name: String,
     events: mpsc::UnboundedSender<driver::Event>,
 }
@@ -72,10 +72,6 @@ impl Pool {
             }
             Err(_) => unreachable!("the dispatcher reports its start before it can stop"),
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     pub async fn execute(&self, request: CallRequest) -> Result<CallOutput, CallError> {

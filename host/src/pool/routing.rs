@@ -168,7 +168,11 @@ mod tests {
             ("not draining", vec![worker(0, 4, 0, Draining), worker(1, 4, 3, Ready)], Decision::Worker(1)),
             ("nobody ready", vec![worker(0, 1, 0, Starting), worker(1, 1, 0, Draining)], Decision::Queue),
             ("zero capacity", vec![worker(0, 0, 0, Ready)], Decision::Queue),
-            ("huge counts", vec![worker(0, u32::MAX, u32::MAX - 1, Ready), worker(1, u32::MAX, u32::MAX - 2, Ready)], Decision::Worker(1)),
+            (
+                "huge counts",
+                vec![worker(0, u32::MAX, u32::MAX - 1, Ready), worker(1, u32::MAX, u32::MAX - 2, Ready)],
+                Decision::Worker(1),
+            ),
         ];
         for (case, workers, expected) in cases {
             let guest: Vec<pitboss_guest::WorkerView> = workers.iter().map(guest_view).collect();

@@ -79,7 +79,6 @@ pub struct WorkerStatus {
     pub age: Duration,
 }
 
-
 impl WorkerStatus {
     /// Every [`WorkerStatus::state`] there is.
     pub const STATES: [&'static str; 4] = ["starting", "ready", "draining", "stopping"];

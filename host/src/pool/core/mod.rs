@@ -98,18 +98,41 @@ pub(super) enum Effect<R> {
     /// Start a worker process; report with [`Input::Started`].
     Start(WorkerSpec),
     /// Send a call; report with [`Input::Finished`], echoing `deadline`.
-    Call { worker: u32, request_id: u64, request: CallRequest, reply: R, deadline: Instant, timeout: Duration },
+    Call {
+        worker: u32,
+        request_id: u64,
+        request: CallRequest,
+        reply: R,
+        deadline: Instant,
+        timeout: Duration,
+    },
     /// Answer a caller with an error.
-    Fail { reply: R, error: CallError },
+    Fail {
+        reply: R,
+        error: CallError,
+    },
     /// Stop waiting for a call: it ends as timed out.
-    Abandon { worker: u32, request_id: u64 },
-    Ping { worker: u32, sequence: u64 },
+    Abandon {
+        worker: u32,
+        request_id: u64,
+    },
+    Ping {
+        worker: u32,
+        sequence: u64,
+    },
     /// Send the shutdown frame: finish and exit.
-    Stop { worker: u32 },
+    Stop {
+        worker: u32,
+    },
     /// Signal the worker's process group.
-    Signal { worker: u32, signal: StopSignal },
+    Signal {
+        worker: u32,
+        signal: StopSignal,
+    },
     /// Kill the worker at once.
-    Kill { worker: u32 },
+    Kill {
+        worker: u32,
+    },
     /// How the pool's start went: its first worker is ready, or failed.
     Started(Result<(), StartError>),
 }

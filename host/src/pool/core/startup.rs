@@ -103,7 +103,9 @@ impl<R> Core<R> {
             }
             Err(err) => {
                 self.workers.remove(position);
-                if let Some(predecessor) = self.workers.iter_mut().find(|w| w.phase == Phase::Ready { successor: Some(id) }) {
+                if let Some(predecessor) =
+                    self.workers.iter_mut().find(|w| w.phase == Phase::Ready { successor: Some(id) })
+                {
                     // The worker it was to replace keeps serving; its own
                     // retirement starts a replacement the usual way.
                     predecessor.phase = Phase::Ready { successor: None };

@@ -345,7 +345,8 @@ fn a_worker_ready_during_shutdown_is_told_to_stop() {
 
 #[test]
 fn a_thread_pool_falls_back_to_process_workers() {
-    let mut pool = Harness::new("size = 2\nprofile = \"thread\"\nthreads_per_worker = 4\nfallback_profile = \"process\"");
+    let mut pool =
+        Harness::new("size = 2\nprofile = \"thread\"\nthreads_per_worker = 4\nfallback_profile = \"process\"");
     let threads = |effects: &[Effect<Caller>]| -> Vec<u32> {
         effects.iter().filter_map(|e| if let Effect::Start(spec) = e { Some(spec.threads) } else { None }).collect()
     };
