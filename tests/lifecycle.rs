@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pitboss::pool::{CallRequest, ErrorKind, PoolStatus, Reason, RecycleError};
+use pitboss::pool::{AdminError, CallRequest, ErrorKind, PoolStatus, Reason};
 use pitboss::Host;
 use serde_json::{json, Value};
 use support::{alive, config_for, eventually, json_call, start_ready};
@@ -183,7 +183,7 @@ async fn manual_recycle_drains_and_takes_the_process_group_with_it() {
     assert_eq!(during.workers.iter().find(|w| w.id == worker).unwrap().state, "draining", "{during:#?}");
     assert_eq!(
         host.recycle("pool", worker).await,
-        Err(RecycleError::Refused(format!("worker {worker} of pool `pool` is already being retired (manual)")))
+        Err(AdminError::Refused(format!("worker {worker} of pool `pool` is already being retired (manual)")))
     );
     let answer = in_flight.await.unwrap().expect("the call in flight finishes");
     assert_eq!(serde_json::from_slice::<u32>(&answer.payload).unwrap(), pid);
@@ -194,9 +194,9 @@ async fn manual_recycle_drains_and_takes_the_process_group_with_it() {
     );
     let status = pool_status(&host).await;
     assert_eq!((status.recycles.get(Reason::Manual), status.failed, status.crashes), (1, 0, 0), "{status:#?}");
-    assert!(matches!(host.recycle("pool", 999).await, Err(RecycleError::NotFound(m)) if m.contains("no worker 999")));
+    assert!(matches!(host.recycle("pool", 999).await, Err(AdminError::NotFound(m)) if m.contains("no worker 999")));
     assert!(
-        matches!(host.recycle("nope", 0).await, Err(RecycleError::NotFound(m)) if m.contains("no pool named `nope`"))
+        matches!(host.recycle("nope", 0).await, Err(AdminError::NotFound(m)) if m.contains("no pool named `nope`"))
     );
     host.shutdown().await;
 }

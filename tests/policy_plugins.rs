@@ -55,7 +55,7 @@ fn request(tool: &str) -> RequestView {
 
 fn router(source: &PolicySource, limits: PolicyLimits) -> RouterInstance {
     let policy = RouterPolicy::load(&engine(), source, limits).expect("plugin loads");
-    RouterInstance::new(RouterSlot::new(policy), pool("test")).expect("plugin initialises")
+    RouterInstance::new(RouterSlot::new("test", policy), pool("test")).expect("plugin initialises")
 }
 
 /// The host survives the attack, the call falls back to the native choice,
@@ -181,7 +181,7 @@ fn init_can_refuse_a_pool() {
     let policy = RouterPolicy::load(&engine(), &test_plugin("completion-probe"), only_faults_stop_it()).unwrap();
     let mut info = pool("picky");
     info.options.push(("refuse".into(), "yes".into()));
-    let fault = RouterInstance::new(RouterSlot::new(policy), info).err().expect("init refuses");
+    let fault = RouterInstance::new(RouterSlot::new("test", policy), info).err().expect("init refuses");
     assert_eq!(fault.kind, FaultKind::InitRejected);
     assert_eq!(fault.detail, "completion-probe refuses pool picky");
 }
@@ -200,7 +200,7 @@ fn second_load_of_a_component_comes_from_the_cache() {
     let policy = RouterPolicy::load(&second, &source, only_faults_stop_it()).unwrap();
     assert!(policy.compiled_from_cache());
     assert_eq!(second.compilations(), 0, "a cached component must not be recompiled");
-    let mut router = RouterInstance::new(RouterSlot::new(policy), pool("cached")).unwrap();
+    let mut router = RouterInstance::new(RouterSlot::new("test", policy), pool("cached")).unwrap();
     assert_eq!(router.route(&request("x"), &workers()).decision, Decision::Worker(0));
 }
 
@@ -226,11 +226,11 @@ fn a_published_version_takes_over_before_the_next_decision() {
     let least =
         RouterPolicy::load(&engine, &PolicySource::parse("builtin:least-loaded").unwrap(), only_faults_stop_it())
             .unwrap();
-    let slot = RouterSlot::new(probe.clone());
+    let slot = RouterSlot::new("test", probe.clone());
     let mut router = RouterInstance::new(slot.clone(), pool("swap")).unwrap();
     assert!(matches!(router.route(&request("report"), &workers()).decision, Decision::Reject(_)));
 
-    let replaced = slot.publish(least.clone());
+    let replaced = slot.promote(least.clone(), "test".to_owned());
     assert!(Arc::ptr_eq(&replaced, &probe));
     assert_eq!(router.route(&request("report"), &workers()).decision, Decision::Worker(0));
     assert!(Arc::ptr_eq(router.policy(), &least));

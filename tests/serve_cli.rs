@@ -16,6 +16,7 @@ const PITBOSS: &str = env!("CARGO_BIN_EXE_pitboss");
 struct Served {
     child: Child,
     address: String,
+    config: PathBuf,
     run_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -35,7 +36,7 @@ impl Served {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let served = Served { child, address, run_dir: dir.path().join("run"), _dir: dir };
+        let served = Served { child, address, config: config.source, run_dir: dir.path().join("run"), _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while served.call(&["pool", "noop"]).status.code() != Some(0) {
             assert!(Instant::now() < deadline, "pitboss serve did not come up");
@@ -62,6 +63,12 @@ impl Served {
     fn admin(&self, command_and_args: &[&str]) -> Output {
         let (command, args) = command_and_args.split_first().unwrap();
         Command::new(PITBOSS).arg(command).args(["--addr", &self.address]).args(args).output().unwrap()
+    }
+
+    /// Runs `pitboss COMMAND... --config FILE`: the operator commands find
+    /// the admin socket through the config.
+    fn operator(&self, command_and_args: &[&str]) -> Output {
+        Command::new(PITBOSS).args(command_and_args).arg("--config").arg(&self.config).output().unwrap()
     }
 
     fn worker_pids(&self) -> Vec<u32> {
@@ -138,7 +145,7 @@ fn status_shows_the_workers_and_recycle_drains_one_over_the_admin_api() {
     assert_eq!(worker_lines.len(), 2, "{status}");
     let first: u32 = worker_lines[0].split_whitespace().next().unwrap().parse().unwrap();
 
-    let recycled = served.admin(&["recycle", "pool", &first.to_string()]);
+    let recycled = served.operator(&["recycle", "pool", &first.to_string()]);
     assert_eq!(recycled.status.code(), Some(0), "{}", text(&recycled.stderr));
     assert!(text(&recycled.stdout).contains("is draining"), "{}", text(&recycled.stdout));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -151,7 +158,7 @@ fn status_shows_the_workers_and_recycle_drains_one_over_the_admin_api() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let unknown = served.admin(&["recycle", "pool", "99"]);
+    let unknown = served.operator(&["recycle", "pool", "99"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("pool `pool` has no worker 99"), "{}", text(&unknown.stderr));
     let after = served.call(&["pool", "add", r#"{"a": 1, "b": 1}"#]);
@@ -202,4 +209,71 @@ fn serve_refuses_a_bad_config_with_the_file_and_key_named() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert!(stderr.contains(&path.display().to_string()) && stderr.contains("did you mean `size`?"), "{stderr}");
+}
+
+#[test]
+fn admin_methods_are_not_served_on_the_callers_address() {
+    let served = Served::start("size = 1");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", served.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        let mut answers = Vec::new();
+        for method in ["RecycleWorker", "ListPolicies", "SwapPolicy", "RollbackPolicy"] {
+            grpc.ready().await.unwrap();
+            let path = format!("/pitboss.v1.Admin/{method}").parse().unwrap();
+            let codec = tonic_prost::ProstCodec::<(), ()>::default();
+            answers.push(grpc.unary(tonic::Request::new(()), path, codec).await.unwrap_err().code());
+        }
+        answers
+    });
+    assert_eq!(status, [tonic::Code::Unimplemented; 4]);
+
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let socket = std::fs::metadata(served.run_dir.join("admin.sock")).unwrap();
+    assert!(socket.file_type().is_socket());
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600, "owner-only");
+}
+
+#[test]
+fn policy_swap_list_and_rollback_through_the_admin_socket() {
+    let served = Served::start("size = 2");
+    for n in 0..20 {
+        let ok = served.call(&["pool", "add", &format!(r#"{{"a": {n}, "b": 1}}"#)]);
+        assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    }
+    let round_robin = support::root().join("target/plugins/wasm32-wasip2/plugin/pitboss_plugin_round_robin.wasm");
+    let round_robin = round_robin.to_str().unwrap();
+
+    let dry = served.operator(&["policy", "swap", "pool", round_robin, "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry.stderr));
+    let report = text(&dry.stdout);
+    assert!(report.contains("replay: ") && report.contains("differ from the live policy's"), "{report}");
+    assert!(report.contains("dry run: every check passed"), "{report}");
+
+    let wrong = served.operator(&["policy", "swap", "pool", round_robin, "--sha256", &"ab".repeat(32)]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(text(&wrong.stderr).contains("refused at load: its sha256 is"), "{}", text(&wrong.stderr));
+
+    let swapped = served.operator(&["policy", "swap", "pool", round_robin]);
+    assert_eq!(swapped.status.code(), Some(0), "{}", text(&swapped.stderr));
+    assert!(text(&swapped.stdout).contains("replacing builtin:least-loaded"), "{}", text(&swapped.stdout));
+    let call = served.call(&["pool", "add", r#"{"a": 1, "b": 1}"#]);
+    assert_eq!(text(&call.stdout), "2\n");
+
+    let list = text(&served.operator(&["policy", "list"]).stdout);
+    assert!(list.starts_with(&format!("pool pool  router {round_robin} (pitboss-plugin-round-robin@")), "{list}");
+    assert!(list.contains("  before: builtin:least-loaded"), "{list}");
+    assert!(list.contains("rollback: possible"), "{list}");
+
+    let rolled = served.operator(&["policy", "rollback", "pool"]);
+    assert_eq!(rolled.status.code(), Some(0), "{}", text(&rolled.stderr));
+    assert!(text(&rolled.stdout).contains("routes with builtin:least-loaded again"), "{}", text(&rolled.stdout));
+    let again = served.operator(&["policy", "rollback", "pool"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("no earlier routing policy"), "{}", text(&again.stderr));
 }

@@ -70,7 +70,7 @@ fn main() {
             threads_per_worker: 4,
             options: Vec::new(),
         };
-        let mut router = RouterInstance::new(RouterSlot::new(policy.clone()), pool).expect("init");
+        let mut router = RouterInstance::new(RouterSlot::new("bench", policy.clone()), pool).expect("init");
         let workers = workers(count);
         assert_eq!(router.route(&request, &workers).decision, native_least_loaded(&workers), "same rule, same answer");
 

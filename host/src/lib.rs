@@ -30,7 +30,7 @@ mod worker;
 pub use api::Client;
 pub use config::Config;
 pub use host::Host;
-pub use pool::{CallError, CallOutput, CallRequest, ErrorKind, PoolStatus, RecycleError, WorkerStatus};
+pub use pool::{AdminError, CallError, CallOutput, CallRequest, ErrorKind, PoolStatus, WorkerStatus};
 pub use worker::ContentType;
 /// What /proc says about a worker process, for programs that watch a host's
 /// workers (its tests check for orphans and memory with these).

@@ -1,26 +1,25 @@
-//! [`Client`]: a running host's API as plain library types, for the
-//! command line and for Rust programs that reach a host over the network.
-//! Protobuf stays inside `api`.
+//! [`Client`]: a running host's callers' API as plain library types, for
+//! the command line and for Rust programs that reach a host over the
+//! network. Protobuf stays inside `api`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
-use super::proto::{self, admin_client::AdminClient, pitboss_client::PitbossClient};
+use super::proto::{self, pitboss_client::PitbossClient};
 use super::{call_error, content_type_from_proto, content_type_to_proto};
 use crate::pool::{
-    CallError, CallOutput, CallRequest, ErrorKind, PoolFacts, PoolStatus, Reason, RecycleCounts, RecycleError,
-    RouterReport, WorkerStatus,
+    CallError, CallOutput, CallRequest, ErrorKind, PoolFacts, PoolStatus, Reason, RecycleCounts, RouterReport,
+    WorkerStatus,
 };
 
 /// One connection to a host's API address; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     pitboss: PitbossClient<Channel>,
-    admin: AdminClient<Channel>,
 }
 
 impl Client {
@@ -31,7 +30,7 @@ impl Client {
             .connect()
             .await
             .with_context(|| format!("cannot reach pitboss at {address} (is `pitboss serve` running?)"))?;
-        Ok(Client { pitboss: PitbossClient::new(channel.clone()), admin: AdminClient::new(channel) })
+        Ok(Client { pitboss: PitbossClient::new(channel) })
     }
 
     /// Runs one call on `pool`, as [`crate::Host::execute`] would.
@@ -66,16 +65,6 @@ impl Client {
     pub async fn pools(&mut self) -> Result<Vec<PoolStatus>> {
         let pools = self.pitboss.list_pools(proto::ListPoolsRequest {}).await.context("ListPools failed")?;
         Ok(pools.into_inner().pools.into_iter().map(pool_status).collect())
-    }
-
-    /// Recycles one worker, as [`crate::Host::recycle`] would.
-    pub async fn recycle(&mut self, pool: &str, worker: u32) -> Result<(), RecycleError> {
-        let request = proto::RecycleWorkerRequest { pool: pool.to_owned(), worker };
-        match self.admin.recycle_worker(request).await {
-            Ok(_) => Ok(()),
-            Err(status) if status.code() == Code::NotFound => Err(RecycleError::NotFound(status.message().to_owned())),
-            Err(status) => Err(RecycleError::Refused(status.message().to_owned())),
-        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! The gRPC API (`pitboss.v1.Pitboss` for callers, `pitboss.v1.Admin` for
-//! operators, plus the standard health service),
-//! served on top of a [`Host`], and [`Client`], which the CLI uses.
+//! The gRPC API, served on top of a [`Host`]: `pitboss.v1.Pitboss` and the
+//! standard health service for callers on the API address, and
+//! `pitboss.v1.Admin` for operators on the admin socket (`admin`), out of
+//! callers' reach. [`Client`] and [`AdminClient`] are what the CLI uses.
 //!
 //! Owns: mapping between protobuf messages and the library's types, and
 //! call errors to gRPC status codes. Must not touch: pools or workers other
@@ -18,12 +19,16 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
-use crate::pool::{CallError, CallRequest, ErrorKind, PoolStatus, RecycleError};
+use crate::pool::{CallError, CallRequest, ErrorKind, PoolStatus};
 use crate::worker::ContentType;
 use crate::Host;
 
+mod admin;
+mod admin_client;
 mod client;
 
+pub use admin::{bind_admin, serve_admin};
+pub use admin_client::{AdminClient, Component};
 pub use client::Client;
 
 /// The generated protobuf and gRPC types of `pitboss.v1`.
@@ -31,7 +36,6 @@ mod proto {
     tonic::include_proto!("pitboss.v1");
 }
 
-use proto::admin_server::{Admin, AdminServer};
 use proto::pitboss_server::{Pitboss, PitbossServer};
 
 /// Binds the API address; done before any worker starts, so a taken port
@@ -47,8 +51,7 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, shutdown: impl Future
     health.set_serving::<PitbossServer<Service>>().await;
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(PitbossServer::new(Service { host: host.clone() }))
-        .add_service(AdminServer::new(Service { host }))
+        .add_service(PitbossServer::new(Service { host }))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .context("the API server failed")
@@ -102,21 +105,6 @@ impl Pitboss for Service {
     ) -> Result<Response<proto::ListPoolsResponse>, Status> {
         let pools = self.host.status().await.into_iter().map(pool_status).collect();
         Ok(Response::new(proto::ListPoolsResponse { pools }))
-    }
-}
-
-#[tonic::async_trait]
-impl Admin for Service {
-    async fn recycle_worker(
-        &self,
-        request: Request<proto::RecycleWorkerRequest>,
-    ) -> Result<Response<proto::RecycleWorkerResponse>, Status> {
-        let request = request.into_inner();
-        match self.host.recycle(&request.pool, request.worker).await {
-            Ok(()) => Ok(Response::new(proto::RecycleWorkerResponse {})),
-            Err(RecycleError::NotFound(message)) => Err(Status::not_found(message)),
-            Err(RecycleError::Refused(message)) => Err(Status::failed_precondition(message)),
-        }
     }
 }
 

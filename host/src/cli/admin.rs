@@ -1,13 +1,13 @@
 //! `pitboss status` and `pitboss recycle`: an operator's view of a running
-//! host and its one lever, through the gRPC API (`ListPools`,
-//! `Admin.RecycleWorker`).
+//! host (`ListPools` on the API address) and its recycling lever
+//! (`Admin.RecycleWorker` on the admin socket).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::client::with_host;
+use super::client::{with_admin, with_host, AdminSocket};
 use crate::config::DEFAULT_API_ADDRESS;
 use crate::pool::PoolStatus;
 
@@ -24,9 +24,8 @@ pub struct RecycleArgs {
     pool: String,
     /// The worker's id, as `pitboss status` shows it.
     worker: u32,
-    /// The host's API address.
-    #[arg(long, default_value = DEFAULT_API_ADDRESS)]
-    addr: SocketAddr,
+    #[command(flatten)]
+    admin: AdminSocket,
 }
 
 pub fn status(args: &StatusArgs) -> Result<ExitCode> {
@@ -87,7 +86,7 @@ fn print_pool(pool: &PoolStatus) {
 }
 
 pub fn recycle(args: &RecycleArgs) -> Result<ExitCode> {
-    let answer = with_host(args.addr, async |mut client| client.recycle(&args.pool, args.worker).await)?;
+    let answer = with_admin(&args.admin, async |mut admin| admin.recycle(&args.pool, args.worker).await)?;
     match answer {
         Ok(()) => {
             println!("worker {} of pool `{}` is draining; its replacement is starting", args.worker, args.pool);

@@ -14,6 +14,7 @@ mod client;
 mod doctor;
 mod output;
 mod plugin_test;
+mod policy;
 mod serve;
 
 #[derive(Parser)]
@@ -43,6 +44,9 @@ enum Command {
     /// Work with policy plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// See, swap and roll back the routing policies of a running host.
+    #[command(subcommand)]
+    Policy(policy::Command),
 }
 
 #[derive(Subcommand)]
@@ -83,6 +87,10 @@ pub fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging("warn");
             plugin_test::run(&args)
+        }
+        Command::Policy(command) => {
+            init_logging("warn");
+            policy::run(&command)
         }
     };
     match outcome {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 
+use crate::api;
 use crate::config::Config;
 use crate::Host;
 
@@ -29,28 +31,42 @@ async fn serve(config: Config) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let address = config.host.api_address;
-    let listener = crate::api::bind(address).await?;
+    let admin_address = config.host.admin_address.clone();
+    let listener = api::bind(address).await?;
+    let admin_listener = api::bind_admin(&admin_address).await?;
     let host = Arc::new(Host::start(config).await?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(crate::api::serve(host.clone(), listener, async {
-        let _ = stopped.await;
-    }));
-    tracing::info!(%address, "pitboss is serving");
+    let (stop, stopped) = watch::channel(());
+    let stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.changed().await;
+        }
+    };
+    let mut api_server = tokio::spawn(api::serve(host.clone(), listener, stopped()));
+    let mut admin_server = tokio::spawn(api::serve_admin(host.clone(), admin_listener, stopped()));
+    tracing::info!(%address, admin = %admin_address.display(), "pitboss is serving");
     let failure = tokio::select! {
         _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); None }
         _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); None }
-        ended = &mut server => Some(match ended {
-            Ok(Err(err)) => err,
-            Ok(Ok(())) => anyhow!("the API server stopped unexpectedly"),
-            Err(err) => anyhow!("the API server task failed: {err}"),
-        }),
+        ended = &mut api_server => Some(server_failure("API", ended)),
+        ended = &mut admin_server => Some(server_failure("admin API", ended)),
     };
     let _ = stop.send(());
     host.shutdown().await;
     if let Some(failure) = failure {
         return Err(failure);
     }
-    server.await??;
+    api_server.await??;
+    admin_server.await??;
     tracing::info!("all workers stopped");
     Ok(())
+}
+
+/// Why a server that should have run until shutdown ended.
+fn server_failure(name: &str, ended: Result<Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    match ended {
+        Ok(Err(err)) => err,
+        Ok(Ok(())) => anyhow!("the {name} server stopped unexpectedly"),
+        Err(err) => anyhow!("the {name} server task failed: {err}"),
+    }
 }

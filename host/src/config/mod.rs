@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use diagnostic::{Diagnostic, ExtraSetting, SettingValue, Severity};
-pub use parse::resolve_interpreter;
+pub use parse::{default_admin_address, default_run_dir, resolve_interpreter};
 pub use policy_limits::{default_policy_cache, PolicyLimits};
 pub use units::{parse_duration, parse_size};
 
@@ -48,6 +48,9 @@ pub struct HostConfig {
     pub run_dir: PathBuf,
     /// Address the gRPC API listens on.
     pub api_address: SocketAddr,
+    /// Unix socket the operators' `Admin` service listens on (mode 0600),
+    /// out of callers' reach; `<run_dir>/admin.sock` by default.
+    pub admin_address: PathBuf,
     /// Where compiled policy components are cached; `None` disables it.
     pub policy_cache: Option<PathBuf>,
     /// How long in-flight calls may run on after a shutdown is asked for.

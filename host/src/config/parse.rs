@@ -105,8 +105,12 @@ fn host_config(raw: &mut Table, base: &Path) -> HostConfig {
         raw.problem("api_address", format!("`{api_text}` is not an address; write e.g. \"{DEFAULT_API_ADDRESS}\""));
         DEFAULT_API_ADDRESS.parse().expect("the default address parses")
     });
+    let run_dir = raw.string("run_dir").map(|dir| base.join(dir)).unwrap_or_else(default_run_dir);
     HostConfig {
-        run_dir: raw.string("run_dir").map(|dir| base.join(dir)).unwrap_or_else(default_run_dir),
+        admin_address: raw
+            .string("admin_address")
+            .map_or_else(|| default_admin_address(&run_dir), |path| base.join(path)),
+        run_dir,
         api_address,
         policy_cache: raw.string("policy_cache").map(|dir| base.join(dir)).or_else(default_policy_cache),
         shutdown_grace: raw.duration("shutdown_grace").unwrap_or(Duration::from_secs(10)),
@@ -168,6 +172,9 @@ fn read_pool(
             .size("max_memory")
             .map_or(defaults.max_memory_bytes, |b| usize::try_from(b).unwrap_or(usize::MAX)),
         log_lines_per_second: limits.count("log_lines_per_second").unwrap_or(defaults.log_lines_per_second),
+        decision_budget: limits.duration("decision_budget").unwrap_or(defaults.decision_budget),
+        rollback_after_faults: limits.count("rollback_after_faults").unwrap_or(defaults.rollback_after_faults),
+        rollback_window: limits.duration("rollback_window").unwrap_or(defaults.rollback_window),
     };
     raw.absorb("router_limits", limits);
     let mut pool = PoolConfig {
@@ -236,7 +243,13 @@ fn default_pool_size() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-fn default_run_dir() -> PathBuf {
+/// Where a host's admin socket is when `admin_address` is not set.
+pub fn default_admin_address(run_dir: &Path) -> PathBuf {
+    run_dir.join("admin.sock")
+}
+
+/// The run directory when `run_dir` is not set.
+pub fn default_run_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => Path::new(&dir).join("pitboss"),
         None => std::env::temp_dir().join(format!("pitboss-{}", nix::unistd::getuid())),

@@ -23,6 +23,13 @@ pub struct PolicyLimits {
     /// Lines per second of guest stdout/stderr passed to the host log;
     /// the rest are counted and reported as suppressed.
     pub log_lines_per_second: u32,
+    /// The per-call p99 a candidate router must stay within when it is
+    /// replayed over the pool's recent decisions before a swap.
+    pub decision_budget: Duration,
+    /// Faults of the live router within `rollback_window` that roll it
+    /// back to the version it replaced (the circuit breaker); 0 disables.
+    pub rollback_after_faults: u32,
+    pub rollback_window: Duration,
 }
 
 impl Default for PolicyLimits {
@@ -33,6 +40,9 @@ impl Default for PolicyLimits {
             fuel_per_call: 100_000_000,
             max_memory_bytes: 64 << 20,
             log_lines_per_second: 20,
+            decision_budget: Duration::from_millis(1),
+            rollback_after_faults: 5,
+            rollback_window: Duration::from_secs(10),
         }
     }
 }

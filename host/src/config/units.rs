@@ -3,17 +3,18 @@
 
 use std::time::Duration;
 
-/// Parses a duration with its unit: `ms`, `s`, `m`, `h` or `d`.
+/// Parses a duration with its unit: `us` (or `µs`), `ms`, `s`, `m`, `h` or `d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = split_number(text)?;
     let seconds = match unit {
+        "us" | "µs" => number / 1e6,
         "ms" => number / 1e3,
         "s" => number,
         "m" => number * 60.0,
         "h" => number * 3600.0,
         "d" => number * 86_400.0,
         "" => return Err(format!("`{text}` has no unit: write e.g. \"{text}s\" or \"{text}ms\"")),
-        other => return Err(format!("unknown duration unit `{other}` in `{text}`: use ms, s, m, h or d")),
+        other => return Err(format!("unknown duration unit `{other}` in `{text}`: use us, ms, s, m, h or d")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
 }
@@ -58,6 +59,8 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_duration("2µs"), Ok(Duration::from_micros(2)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration(" 1h "), Ok(Duration::from_secs(3600)));

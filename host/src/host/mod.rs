@@ -20,8 +20,11 @@ pub use preflight::preflight;
 use std::sync::Arc;
 
 use crate::config::{Config, PoolConfig};
-use crate::policy::{PolicyEngine, PolicySource, PoolInfo, RouterInstance, RouterPolicy, RouterSlot};
-use crate::pool::{CallError, CallOutput, CallRequest, ErrorKind, Pool, PoolServices, PoolStatus, RecycleError};
+use crate::policy::{
+    swap_router, Candidate, PolicyEngine, PolicySource, PolicyVersion, PoolInfo, Rollback, RouterInstance,
+    RouterPolicy, RouterSlot, SwapOptions, SwapReport,
+};
+use crate::pool::{AdminError, CallError, CallOutput, CallRequest, ErrorKind, Pool, PoolServices, PoolStatus};
 use crate::worker::{Spawner, WorkerRecords};
 
 pub struct Host {
@@ -29,6 +32,16 @@ pub struct Host {
     pools: BTreeMap<String, ServedPool>,
     engine: PolicyEngine,
     _lock: Flock<File>,
+}
+
+/// One pool's routing policies: the live one and those live before it.
+#[derive(Clone, Debug)]
+pub struct PoolPolicies {
+    pub pool: String,
+    /// Newest first: `history[0]` is live.
+    pub history: Vec<PolicyVersion>,
+    /// Whether there is a version to roll back to.
+    pub can_roll_back: bool,
 }
 
 /// A running pool and the slot its live routing policy is read from.
@@ -106,30 +119,64 @@ impl Host {
     /// Recycles worker `worker` of `pool` the way the lifecycle limits do:
     /// it takes no new calls, its replacement starts, and it stops once the
     /// replacement is ready and its own calls are done.
-    pub async fn recycle(&self, pool: &str, worker: u32) -> Result<(), RecycleError> {
+    pub async fn recycle(&self, pool: &str, worker: u32) -> Result<(), AdminError> {
         match self.pools.get(pool) {
             Some(served) => served.pool.recycle(worker).await,
-            None => Err(RecycleError::NotFound(self.unknown_pool(pool))),
+            None => Err(AdminError::NotFound(self.unknown_pool(pool))),
         }
     }
 
-    /// Makes `source` the live routing policy of `pool`: compiles it on a
-    /// blocking thread (never on a dispatcher), checks that it instantiates
-    /// as a router, then publishes it in one atomic step; the pool's
-    /// dispatcher routes with it from its next decision on. Calls in flight
-    /// and queued are not disturbed. Returns the label of the version it
-    /// replaced. A policy that fails to load leaves the live one in place.
-    pub async fn swap_router(&self, pool: &str, source: PolicySource) -> Result<String> {
-        let served = self.pools.get(pool).ok_or_else(|| anyhow!(self.unknown_pool(pool)))?;
-        let limits = self.pool_config(pool).router_limits.clone();
-        let engine = self.engine.clone();
-        let policy = tokio::task::spawn_blocking(move || RouterPolicy::load(&engine, &source, limits))
+    /// Runs `candidate` through the swap pipeline for `pool`'s router
+    /// ([`crate::policy::swap_router`]: checks, `init`, replay of the pool's
+    /// recent decisions) on a blocking thread, never on a dispatcher, and
+    /// unless it is refused or a dry run, makes it live in one atomic step;
+    /// the pool routes with it from its next decision on. Calls in flight
+    /// and queued are not disturbed. A refusal is in the report, and leaves
+    /// the live version in place.
+    pub async fn swap_router(
+        &self,
+        pool: &str,
+        candidate: Candidate,
+        options: SwapOptions,
+    ) -> Result<SwapReport, AdminError> {
+        let served = self.pools.get(pool).ok_or_else(|| AdminError::NotFound(self.unknown_pool(pool)))?;
+        let config = self.pool_config(pool);
+        let (limits, info) = (config.router_limits.clone(), PoolInfo::from(config));
+        let (engine, slot) = (self.engine.clone(), served.router.clone());
+        tokio::task::spawn_blocking(move || swap_router(&engine, &slot, &info, limits, candidate, &options))
             .await
-            .context("the policy loader stopped")??;
-        let label = policy.label().to_owned();
-        let previous = served.router.publish(policy);
-        tracing::info!(pool, policy = %label, previous = %previous.label(), "routing policy swapped");
-        Ok(previous.label().to_owned())
+            .map_err(|err| AdminError::Refused(format!("the swap stopped: {err}")))
+    }
+
+    /// Puts back the routing policy `pool`'s live one replaced; `by` names
+    /// who asked, for the history.
+    pub fn rollback_router(&self, pool: &str, by: &str) -> Result<Rollback, AdminError> {
+        let served = self.pools.get(pool).ok_or_else(|| AdminError::NotFound(self.unknown_pool(pool)))?;
+        let rollback =
+            served.router.rollback(format!("rollback by {by}")).map_err(|err| AdminError::Refused(err.to_string()))?;
+        tracing::warn!(
+            pool,
+            restored = %rollback.restored.label(),
+            restored_plugin = %rollback.restored.meta(),
+            replaced = %rollback.replaced.label(),
+            replaced_plugin = %rollback.replaced.meta(),
+            by,
+            "routing policy rolled back"
+        );
+        Ok(rollback)
+    }
+
+    /// Each pool's routing policy history, live version first, in pool
+    /// name order.
+    pub fn router_policies(&self) -> Vec<PoolPolicies> {
+        self.pools
+            .iter()
+            .map(|(name, served)| PoolPolicies {
+                pool: name.clone(),
+                history: served.router.history(),
+                can_roll_back: served.router.has_last_good(),
+            })
+            .collect()
     }
 
     fn pool_config(&self, pool: &str) -> &PoolConfig {
@@ -166,7 +213,7 @@ impl Host {
 /// and the pool's warm instance of it.
 fn start_router(engine: &PolicyEngine, pool: &PoolConfig) -> Result<(Arc<RouterSlot>, RouterInstance)> {
     let source = PolicySource::parse(&pool.router).with_context(|| format!("pool.{}.router", pool.name))?;
-    let slot = RouterSlot::new(RouterPolicy::load(engine, &source, pool.router_limits.clone())?);
+    let slot = RouterSlot::new(&pool.name, RouterPolicy::load(engine, &source, pool.router_limits.clone())?);
     let instance = RouterInstance::new(slot.clone(), PoolInfo::from(pool))
         .map_err(|fault| anyhow!("routing policy {source} refused pool `{}`: {fault}", pool.name))?;
     Ok((slot, instance))

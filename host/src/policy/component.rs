@@ -12,9 +12,10 @@ use anyhow::{anyhow, Result};
 use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
-use super::engine::{PolicyEngine, PolicyState, EPOCH_TICK};
+use super::engine::{PolicyEngine, PolicyState, Sandbox, EPOCH_TICK};
 use super::guest_log::LogCounters;
 use super::meta::PluginMeta;
+use super::vetting::{self, CONTRACT_PACKAGE, CONTRACT_VERSION};
 use crate::config::PolicyLimits;
 
 /// A compiled component linked against the sandbox, exports not yet bound.
@@ -24,13 +25,18 @@ pub(super) struct Linked {
     pub(super) from_cache: bool,
 }
 
-/// Compiles `wasm` (or takes it from the cache) and links it: it may import
+/// Checks `wasm` ([`vetting`]), compiles it (or takes it from the cache),
+/// checks its memory needs against `limits`, and links it: it may import
 /// only WASI 0.2 and the shared pitboss types.
-pub(super) fn link(engine: &PolicyEngine, wasm: &[u8]) -> Result<Linked> {
+pub(super) fn link(engine: &PolicyEngine, wasm: &[u8], limits: &PolicyLimits) -> Result<Linked> {
+    vetting::check_component(wasm)?;
     let meta = PluginMeta::of(wasm);
     let compiled = engine.compile(wasm, &meta.sha256)?;
+    vetting::check_resources(&compiled.component, limits)?;
     let pre = engine.linker().instantiate_pre(&compiled.component).map_err(|err| {
-        anyhow!("{err:#}\nA policy may import only WASI 0.2 and pitboss:policy@0.1.0; build it with pitboss-guest")
+        anyhow!(
+            "{err:#}\nA policy may import only WASI 0.2 and {CONTRACT_PACKAGE}@{CONTRACT_VERSION}; build it with pitboss-guest"
+        )
     })?;
     Ok(Linked { meta, pre, from_cache: compiled.from_cache })
 }
@@ -42,8 +48,9 @@ pub(super) fn store(
     label: &str,
     limits: &PolicyLimits,
     log: Arc<LogCounters>,
+    sandbox: Sandbox,
 ) -> Store<PolicyState> {
-    let mut store = Store::new(engine.engine(), PolicyState::new(label, limits, log));
+    let mut store = Store::new(engine.engine(), PolicyState::new(label, limits, log, sandbox));
     store.limiter(|state| &mut state.memory);
     arm(&mut store, limits.init_deadline, limits.fuel_per_call);
     store

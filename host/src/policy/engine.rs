@@ -15,7 +15,7 @@ use wasmtime::{Config, Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::guest_log::{GuestLog, LogCounters};
-use super::router;
+use super::{nonblocking_io, router};
 use crate::config::PolicyLimits;
 
 /// How often the epoch advances: the resolution of call deadlines.
@@ -58,6 +58,7 @@ impl PolicyEngine {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        nonblocking_io::add_to_linker(&mut linker)?;
         router::add_to_linker(&mut linker)?;
 
         if let Some(dir) = &cache_dir {
@@ -149,6 +150,17 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
+/// What a store's clocks and random numbers are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Sandbox {
+    /// The real clocks and random numbers.
+    Live,
+    /// Clocks that start at zero and tick 1 µs per reading, and a fixed
+    /// byte cycle for every random source: a replay decides the same way
+    /// each time it runs.
+    Replay,
+}
+
 /// Per-store host state: an empty WASI context (no files, network,
 /// environment or arguments; output goes to the host log) and the memory
 /// limiter.
@@ -159,20 +171,71 @@ pub(super) struct PolicyState {
 }
 
 impl PolicyState {
-    pub(super) fn new(policy_label: &str, limits: &PolicyLimits, log_counters: Arc<LogCounters>) -> Self {
+    pub(super) fn new(
+        policy_label: &str,
+        limits: &PolicyLimits,
+        log_counters: Arc<LogCounters>,
+        sandbox: Sandbox,
+    ) -> Self {
         let log = GuestLog::new(policy_label, limits.log_lines_per_second, log_counters);
-        let wasi = WasiCtx::builder()
-            .stdout(log.stream("stdout"))
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(log.stream("stdout"))
             .stderr(log.stream("stderr"))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        if sandbox == Sandbox::Replay {
+            let bytes: Vec<u8> = (0..=u8::MAX).map(|b| b.wrapping_mul(167).wrapping_add(13)).collect();
+            wasi.wall_clock(TickingClock::default())
+                .monotonic_clock(TickingClock::default())
+                .secure_random(wasmtime_wasi::Deterministic::new(bytes.clone()))
+                .insecure_random(wasmtime_wasi::Deterministic::new(bytes))
+                .insecure_random_seed(0x5eed);
+        }
+        let wasi = wasi.build();
         PolicyState {
             wasi,
             table: ResourceTable::new(),
             memory: MemoryCap { max_bytes: limits.max_memory_bytes, refused: false },
         }
+    }
+}
+
+/// A clock for replays: zero at first, 1 µs later at every reading.
+#[derive(Default)]
+struct TickingClock {
+    readings: AtomicU64,
+}
+
+impl TickingClock {
+    fn tick(&self) -> u64 {
+        self.readings.fetch_add(1, Ordering::Relaxed) * 1_000
+    }
+}
+
+impl wasmtime_wasi::HostWallClock for TickingClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_micros(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.tick())
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for TickingClock {
+    fn resolution(&self) -> u64 {
+        1_000
+    }
+
+    fn now(&self) -> u64 {
+        self.tick()
+    }
+}
+
+impl PolicyState {
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 

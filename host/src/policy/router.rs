@@ -4,19 +4,20 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context, Result};
 use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::Store;
 
 use super::component::{self, arm};
-use super::engine::{PolicyEngine, PolicyState};
+use super::engine::{PolicyEngine, PolicyState, Sandbox};
 use super::fault::{FaultKind, PolicyFault};
 use super::guest_log::LogCounters;
 use super::meta::PluginMeta;
 use super::slot::RouterSlot;
 use super::source::PolicySource;
+use super::vetting::{CONTRACT_PACKAGE, CONTRACT_VERSION};
 use crate::config::PolicyLimits;
 
 mod bindings {
@@ -49,6 +50,25 @@ pub struct RouterPolicy {
     routing: routing::GuestIndices,
     completion: Option<completion::GuestIndices>,
     from_cache: bool,
+    loaded_at: SystemTime,
+    usage: Arc<VersionUsage>,
+}
+
+/// Decisions and faults of one version, across every instance of it.
+#[derive(Debug, Default)]
+pub struct VersionUsage {
+    pub(super) decisions: AtomicU64,
+    pub(super) faults: AtomicU64,
+}
+
+impl VersionUsage {
+    pub fn decisions(&self) -> u64 {
+        self.decisions.load(Ordering::Relaxed)
+    }
+
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
 }
 
 impl RouterPolicy {
@@ -61,18 +81,31 @@ impl RouterPolicy {
             .with_context(|| format!("cannot load routing policy {source}"))
     }
 
-    fn from_bytes(engine: &PolicyEngine, label: String, wasm: &[u8], limits: PolicyLimits) -> Result<Arc<Self>> {
-        let component::Linked { meta, pre, from_cache } = component::link(engine, wasm)?;
+    /// Loads a router from its bytes; `label` names it in logs and status
+    /// (a path, or where the bytes came from).
+    pub fn from_bytes(engine: &PolicyEngine, label: String, wasm: &[u8], limits: PolicyLimits) -> Result<Arc<Self>> {
+        let component::Linked { meta, pre, from_cache } = component::link(engine, wasm, &limits)?;
         let routing = routing::GuestIndices::new(&pre).map_err(|err| {
             anyhow!("{err:#}\nThe component is not a router: export it with `pitboss_guest::export_router!`")
         })?;
         let completion = completion::GuestIndices::new(&pre).ok();
-        let policy = RouterPolicy { label, meta, limits, engine: engine.clone(), pre, routing, completion, from_cache };
+        let policy = RouterPolicy {
+            label,
+            meta,
+            limits,
+            engine: engine.clone(),
+            pre,
+            routing,
+            completion,
+            from_cache,
+            loaded_at: SystemTime::now(),
+            usage: Arc::default(),
+        };
         // Instantiating once proves the exports have the contract's types, so
         // a plugin built against another version fails here, not per request.
-        policy
-            .bind(&RouterStats::default())
-            .map_err(|fault| anyhow!("the component does not instantiate as a pitboss:policy@0.1.0 router: {fault}"))?;
+        policy.bind(&RouterStats::default(), Sandbox::Live).map_err(|fault| {
+            anyhow!("the component does not instantiate as a {CONTRACT_PACKAGE}@{CONTRACT_VERSION} router: {fault}")
+        })?;
         Ok(Arc::new(policy))
     }
 
@@ -99,9 +132,30 @@ impl RouterPolicy {
         self.from_cache
     }
 
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Decisions and faults of this version so far, in every pool.
+    pub fn usage(&self) -> &Arc<VersionUsage> {
+        &self.usage
+    }
+
+    /// Instantiates the policy for `pool` and runs its `init`, as a pool
+    /// would, then drops the instance: the swap pipeline's init gate.
+    pub fn check_init(&self, pool: &PoolInfo) -> Result<(), PolicyFault> {
+        self.instantiate(pool, &RouterStats::default(), Sandbox::Live).map(drop)
+    }
+
+    /// An instance for `pool` in the replay sandbox, `init` done.
+    pub(super) fn replay_instance(&self, pool: &PoolInfo) -> Result<ReplayInstance<'_>, PolicyFault> {
+        let live = self.instantiate(pool, &RouterStats::default(), Sandbox::Replay)?;
+        Ok(ReplayInstance { policy: self, live })
+    }
+
     /// A fresh store and instance, initialised for `pool`.
-    fn instantiate(&self, pool: &PoolInfo, stats: &RouterStats) -> Result<Live, PolicyFault> {
-        let mut live = self.bind(stats)?;
+    fn instantiate(&self, pool: &PoolInfo, stats: &RouterStats, sandbox: Sandbox) -> Result<Live, PolicyFault> {
+        let mut live = self.bind(stats, sandbox)?;
         match live.routing.call_init(&mut live.store, pool) {
             Ok(Ok(())) => Ok(live),
             Ok(Err(reason)) => Err(PolicyFault { kind: FaultKind::InitRejected, detail: reason }),
@@ -111,9 +165,9 @@ impl RouterPolicy {
 
     /// A fresh store and instance with its exports bound and type-checked,
     /// under the init limits; `init` not yet called.
-    fn bind(&self, stats: &RouterStats) -> Result<Live, PolicyFault> {
+    fn bind(&self, stats: &RouterStats, sandbox: Sandbox) -> Result<Live, PolicyFault> {
         stats.rebuilds.fetch_add(1, Ordering::Relaxed);
-        let mut store = component::store(&self.engine, &self.label, &self.limits, stats.log.clone());
+        let mut store = component::store(&self.engine, &self.label, &self.limits, stats.log.clone(), sandbox);
         let bound = self.pre.instantiate(&mut store).and_then(|instance| {
             let routing = self.routing.load(&mut store, &instance)?;
             let completion = self.completion.as_ref().map(|hook| hook.load(&mut store, &instance)).transpose()?;
@@ -131,6 +185,34 @@ struct Live {
     store: Store<PolicyState>,
     routing: routing::Guest,
     completion: Option<completion::Guest>,
+}
+
+impl Live {
+    /// One `route` call under the per-call limits; the decision is not yet
+    /// checked against the workers.
+    fn route(
+        &mut self,
+        limits: &PolicyLimits,
+        request: &RequestView,
+        workers: &[WorkerView],
+    ) -> Result<Decision, PolicyFault> {
+        arm(&mut self.store, limits.call_deadline, limits.fuel_per_call);
+        self.routing
+            .call_route(&mut self.store, request, workers)
+            .map_err(|err| PolicyFault::from_call(&err, &self.store, "route"))
+    }
+}
+
+/// An instance of a candidate in the replay sandbox.
+pub(super) struct ReplayInstance<'a> {
+    policy: &'a RouterPolicy,
+    live: Live,
+}
+
+impl ReplayInstance<'_> {
+    pub(super) fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Result<Decision, PolicyFault> {
+        self.live.route(&self.policy.limits, request, workers)
+    }
 }
 
 /// The outcome of one routing call.
@@ -234,7 +316,7 @@ impl RouterInstance {
     pub fn new(slot: Arc<RouterSlot>, pool: PoolInfo) -> Result<Self, PolicyFault> {
         let policy = slot.current();
         let stats = Arc::new(RouterStats::default());
-        let live = policy.instantiate(&pool, &stats)?;
+        let live = policy.instantiate(&pool, &stats, Sandbox::Live)?;
         Ok(RouterInstance { slot, policy, pool, live: Some(live), retry_at: None, retry_delay: FIRST_RETRY, stats })
     }
 
@@ -252,24 +334,28 @@ impl RouterInstance {
     pub fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Routed {
         self.stats.decisions.fetch_add(1, Ordering::Relaxed);
         let outcome = match self.ensure_live() {
-            None => return self.fallback(workers, None),
+            None => {
+                let routed = self.fallback(workers, None);
+                self.slot.decisions().record(request, workers, &routed.decision);
+                return routed;
+            }
             Some(Err(fault)) => Err(fault),
             Some(Ok(())) => {
                 let live = self.live.as_mut().expect("ensure_live built the instance");
-                arm(&mut live.store, self.policy.limits.call_deadline, self.policy.limits.fuel_per_call);
-                match live.routing.call_route(&mut live.store, request, workers) {
-                    Ok(decision) => check_decision(&decision, workers).map(|()| decision),
-                    Err(err) => Err(PolicyFault::from_call(&err, &live.store, "route")),
-                }
+                live.route(&self.policy.limits, request, workers)
+                    .and_then(|decision| check_decision(&decision, workers).map(|()| decision))
             }
         };
-        match outcome {
+        self.policy.usage.decisions.fetch_add(1, Ordering::Relaxed);
+        let routed = match outcome {
             Ok(decision) => Routed { decision, fallback: false, fault: None },
             Err(fault) => {
                 self.record_fault(&fault);
                 self.fallback(workers, Some(fault))
             }
-        }
+        };
+        self.slot.decisions().record(request, workers, &routed.decision);
+        routed
     }
 
     /// Tells the policy a call finished, if it exports the completion hook;
@@ -305,7 +391,7 @@ impl RouterInstance {
             if self.retry_at.is_some_and(|at| Instant::now() < at) {
                 return None;
             }
-            match self.policy.instantiate(&self.pool, &self.stats) {
+            match self.policy.instantiate(&self.pool, &self.stats, Sandbox::Live) {
                 Ok(live) => {
                     self.live = Some(live);
                     self.retry_at = None;
@@ -325,6 +411,8 @@ impl RouterInstance {
     fn record_fault(&mut self, fault: &PolicyFault) {
         self.live = None;
         self.stats.count_fault(fault.kind);
+        self.policy.usage.faults.fetch_add(1, Ordering::Relaxed);
+        self.slot.note_fault(&self.policy, Instant::now());
         tracing::warn!(
             pool = %self.pool.name,
             policy = %self.policy.label,
@@ -363,7 +451,7 @@ impl pool::Router for RouterInstance {
 }
 
 /// A `worker(id)` decision must name a ready worker with room.
-fn check_decision(decision: &Decision, workers: &[WorkerView]) -> Result<(), PolicyFault> {
+pub(super) fn check_decision(decision: &Decision, workers: &[WorkerView]) -> Result<(), PolicyFault> {
     let Decision::Worker(id) = *decision else { return Ok(()) };
     let problem = match workers.iter().find(|w| w.id == id) {
         None => format!("chose worker {id}, which is not in the pool"),

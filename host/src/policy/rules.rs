@@ -13,11 +13,12 @@ use wasmtime::component::{Instance, InstancePre};
 use wasmtime::Store;
 
 use super::component::{self, arm};
-use super::engine::{PolicyEngine, PolicyState};
+use super::engine::{PolicyEngine, PolicyState, Sandbox};
 use super::fault::PolicyFault;
 use super::guest_log::LogCounters;
 use super::meta::PluginMeta;
 use super::source::PolicySource;
+use super::vetting::{CONTRACT_PACKAGE, CONTRACT_VERSION};
 use crate::config::PolicyLimits;
 
 /// Limits of every rules call: rules run once per config or pool, not per
@@ -29,6 +30,10 @@ pub const RULES_LIMITS: PolicyLimits = PolicyLimits {
     fuel_per_call: 2_000_000_000,
     max_memory_bytes: 64 << 20,
     log_lines_per_second: 20,
+    // Rules are never replayed or rolled back by a breaker.
+    decision_budget: Duration::from_secs(2),
+    rollback_after_faults: 0,
+    rollback_window: Duration::ZERO,
 };
 
 /// A loaded rules component whose exports are reached through `I`, the
@@ -56,7 +61,7 @@ impl<I> RulesComponent<I> {
     ) -> Result<Self> {
         let wasm = source.read()?;
         let loaded = (|| {
-            let linked = component::link(engine, &wasm)?;
+            let linked = component::link(engine, &wasm, &RULES_LIMITS)?;
             let indices = indices(&linked.pre).map_err(|err| {
                 anyhow!("{err:#}\nThe component is not {kind}: export it with `pitboss_guest::{export_macro}!`")
             })?;
@@ -69,7 +74,7 @@ impl<I> RulesComponent<I> {
                 log: Arc::default(),
             };
             component.call("instantiate", bind).map_err(|fault| {
-                anyhow!("the component does not instantiate as pitboss:policy@0.1.0 {kind}: {fault}")
+                anyhow!("the component does not instantiate as {CONTRACT_PACKAGE}@{CONTRACT_VERSION} {kind}: {fault}")
             })?;
             Ok::<_, anyhow::Error>(component)
         })();
@@ -93,7 +98,7 @@ impl<I> RulesComponent<I> {
         call: impl FnOnce(&I, &mut Store<PolicyState>, &Instance) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyFault> {
         let limits = &RULES_LIMITS;
-        let mut store = component::store(&self.engine, &self.label, limits, self.log.clone());
+        let mut store = component::store(&self.engine, &self.label, limits, self.log.clone(), Sandbox::Live);
         let instance =
             self.pre.instantiate(&mut store).map_err(|err| PolicyFault::from_call(&err, &store, "instantiate"))?;
         arm(&mut store, limits.call_deadline, limits.fuel_per_call);

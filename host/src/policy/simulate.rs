@@ -150,7 +150,7 @@ pub fn simulate(
     let started = Instant::now();
     let policy = RouterPolicy::load(engine, source, limits)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let slot = RouterSlot::new(policy.clone());
+    let slot = RouterSlot::new("simulation", policy.clone());
     let scenarios: Vec<ScenarioReport> =
         Scenario::ALL.iter().map(|scenario| run_scenario(*scenario, &slot, simulation)).collect();
     Ok(SimulationReport {

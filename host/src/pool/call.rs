@@ -159,13 +159,16 @@ impl fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
-/// Why a worker was not recycled on request.
+/// Why an operator's request (recycle a worker, swap or roll back a
+/// policy) was not carried out.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RecycleError {
+pub enum AdminError {
     /// No such pool or worker.
     #[error("{0}")]
     NotFound(String),
-    /// The worker is starting or already retiring, or the pool is stopping.
+    /// The request cannot be carried out now: the worker is starting or
+    /// already retiring, the pool is stopping, there is nothing to roll
+    /// back to, or the request itself is bad.
     #[error("{0}")]
     Refused(String),
 }

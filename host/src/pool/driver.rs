@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, MissedTickBehavior};
 
-use super::call::{CallError, CallOutput, CallRequest, ErrorKind, RecycleError};
+use super::call::{AdminError, CallError, CallOutput, CallRequest, ErrorKind};
 use super::core::{Core, Effect, Input, Sample, StopSignal, WorkerReady};
 use super::routing::Router;
 use super::status::PoolStatus;
@@ -48,7 +48,7 @@ pub(super) enum Event {
     },
     Recycle {
         worker: u32,
-        reply: oneshot::Sender<Result<(), RecycleError>>,
+        reply: oneshot::Sender<Result<(), AdminError>>,
     },
     Status(oneshot::Sender<PoolStatus>),
     Shutdown {

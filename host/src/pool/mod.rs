@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use call::{CallError, CallOutput, CallRequest, ErrorKind, RecycleError};
+pub use call::{AdminError, CallError, CallOutput, CallRequest, ErrorKind};
 pub use lifecycle::{usable_cpus, Reason, RecycleCounts};
 pub use routing::{
     has_room, least_loaded, Decision, LeastLoaded, RequestView, Router, RouterReport, WorkerState, WorkerView,
@@ -87,9 +87,9 @@ impl Pool {
     /// Recycles one worker the way the lifecycle limits do: it takes no new
     /// calls, its replacement starts, and it stops once that one is ready
     /// and its own calls are done.
-    pub async fn recycle(&self, worker: u32) -> Result<(), RecycleError> {
+    pub async fn recycle(&self, worker: u32) -> Result<(), AdminError> {
         let (reply, answer) = oneshot::channel();
-        let stopped = || RecycleError::Refused(format!("pool `{}` has stopped", self.name));
+        let stopped = || AdminError::Refused(format!("pool `{}` has stopped", self.name));
         self.events.send(driver::Event::Recycle { worker, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }

@@ -50,6 +50,30 @@ pub enum Decision {
     Reject(String),
 }
 
+impl std::fmt::Display for Decision {
+    /// `worker 3`, `queue`, `reject: why`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::Worker(id) => write!(f, "worker {id}"),
+            Decision::Queue => f.write_str("queue"),
+            Decision::Reject(reason) => write!(f, "reject: {reason}"),
+        }
+    }
+}
+
+impl Decision {
+    /// Reads back what [`Decision`]'s `Display` writes.
+    pub fn parse(text: &str) -> Option<Decision> {
+        match text {
+            "queue" => Some(Decision::Queue),
+            _ => match text.strip_prefix("worker ") {
+                Some(id) => id.parse().ok().map(Decision::Worker),
+                None => text.strip_prefix("reject: ").map(|reason| Decision::Reject(reason.to_owned())),
+            },
+        }
+    }
+}
+
 /// What a pool knows about the policy that routes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouterReport {

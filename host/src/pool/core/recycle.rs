@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Core, Effect, Phase, Sample, StopSignal};
-use crate::pool::call::RecycleError;
+use crate::pool::call::AdminError;
 use crate::pool::lifecycle::Reason;
 
 /// How long a stopping worker gets after the shutdown frame, then after
@@ -109,19 +109,19 @@ impl<R> Core<R> {
     }
 
     /// Recycles one worker on an operator's request.
-    pub fn recycle(&mut self, worker_id: u32, now: Instant) -> Result<(), RecycleError> {
+    pub fn recycle(&mut self, worker_id: u32, now: Instant) -> Result<(), AdminError> {
         let pool = &self.config.name;
         if self.shutdown.is_some() {
-            return Err(RecycleError::Refused(format!("pool `{pool}` is shutting down")));
+            return Err(AdminError::Refused(format!("pool `{pool}` is shutting down")));
         }
         let Some(worker) = self.worker(worker_id) else {
             let ids: Vec<String> = self.workers.iter().map(|w| w.id.to_string()).collect();
             let message = format!("pool `{pool}` has no worker {worker_id}; its workers are: {}", ids.join(", "));
-            return Err(RecycleError::NotFound(message));
+            return Err(AdminError::NotFound(message));
         };
         match worker.phase {
             Phase::Starting => {
-                Err(RecycleError::Refused(format!("worker {worker_id} of pool `{pool}` is still starting")))
+                Err(AdminError::Refused(format!("worker {worker_id} of pool `{pool}` is still starting")))
             }
             Phase::Ready { .. } => {
                 self.retire(worker_id, Reason::Manual, now);
@@ -130,10 +130,10 @@ impl<R> Core<R> {
             Phase::Due { reason }
             | Phase::Draining { reason, .. }
             | Phase::Stopping { reason, .. }
-            | Phase::Killed { reason, .. } => Err(RecycleError::Refused(format!(
+            | Phase::Killed { reason, .. } => Err(AdminError::Refused(format!(
                 "worker {worker_id} of pool `{pool}` is already being retired ({reason})"
             ))),
-            Phase::Unwanted => Err(RecycleError::Refused(format!("pool `{pool}` is shutting down"))),
+            Phase::Unwanted => Err(AdminError::Refused(format!("pool `{pool}` is shutting down"))),
         }
     }
 

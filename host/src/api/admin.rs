@@ -1,0 +1,227 @@
+//! `pitboss.v1.Admin` on the admin socket: a Unix socket with mode 0600
+//! (`host.admin_address`, `<run_dir>/admin.sock` by default), so only the
+//! host's own user reaches recycling and policy swaps; callers on the API
+//! address get UNIMPLEMENTED for every Admin method.
+//!
+//! Owns: the socket file and mapping Admin messages to [`Host`] calls.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+use super::proto::{self, admin_server::AdminServer};
+use crate::policy::{Candidate, PolicyVersion, ReplayReport, SwapOptions, SwapReport};
+use crate::pool::AdminError;
+use crate::Host;
+
+/// Binds the admin socket at `path` (mode 0600, its folder created 0700 if
+/// missing). A socket file left by a host that is gone is replaced; one
+/// that a live host answers on is an error.
+pub async fn bind_admin(path: &Path) -> Result<UnixListener> {
+    if let Some(folder) = path.parent().filter(|folder| !folder.exists()) {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create {} for the admin socket", folder.display()))?;
+        let _ = std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700));
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another pitboss serves its admin API on {} (host.admin_address); stop it or choose another path",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the admin socket {} (host.admin_address)", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make the admin socket {} owner-only", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves `Admin` for `host` on `listener` until `shutdown` resolves, then
+/// removes the socket file.
+pub async fn serve_admin(host: Arc<Host>, listener: UnixListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let path = listener.local_addr().ok().and_then(|address| address.as_pathname().map(Path::to_owned));
+    let served = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(Admin { host }))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .context("the admin API server failed");
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(path);
+    }
+    served
+}
+
+struct Admin {
+    host: Arc<Host>,
+}
+
+#[tonic::async_trait]
+impl proto::admin_server::Admin for Admin {
+    async fn recycle_worker(
+        &self,
+        request: Request<proto::RecycleWorkerRequest>,
+    ) -> Result<Response<proto::RecycleWorkerResponse>, Status> {
+        let request = request.into_inner();
+        self.host.recycle(&request.pool, request.worker).await.map_err(admin_status)?;
+        Ok(Response::new(proto::RecycleWorkerResponse {}))
+    }
+
+    async fn list_policies(
+        &self,
+        _request: Request<proto::ListPoliciesRequest>,
+    ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        let pools = self
+            .host
+            .router_policies()
+            .into_iter()
+            .map(|pool| proto::PoolPolicies {
+                pool: pool.pool,
+                kind: proto::PolicyKind::Router as i32,
+                history: pool.history.iter().map(version).collect(),
+                can_roll_back: pool.can_roll_back,
+            })
+            .collect();
+        Ok(Response::new(proto::ListPoliciesResponse { pools }))
+    }
+
+    async fn swap_policy(
+        &self,
+        request: Request<proto::SwapPolicyRequest>,
+    ) -> Result<Response<proto::SwapPolicyResponse>, Status> {
+        let request = request.into_inner();
+        router_kind(request.kind)?;
+        let candidate = match request.component {
+            Some(proto::swap_policy_request::Component::Wasm(wasm)) => {
+                let label =
+                    if request.label.is_empty() { "uploaded component".to_owned() } else { request.label.clone() };
+                Candidate { label, wasm }
+            }
+            Some(proto::swap_policy_request::Component::Path(path)) => {
+                let wasm = std::fs::read(&path)
+                    .map_err(|err| Status::invalid_argument(format!("cannot read policy component {path}: {err}")))?;
+                Candidate { label: path, wasm }
+            }
+            None => return Err(Status::invalid_argument("give the component as `wasm` bytes or a `path`")),
+        };
+        let options = SwapOptions {
+            expected_sha256: Some(request.expected_sha256).filter(|hash| !hash.is_empty()),
+            dry_run: request.dry_run,
+            requested_by: requester(&request.requested_by),
+        };
+        let report = self.host.swap_router(&request.pool, candidate, options).await.map_err(admin_status)?;
+        Ok(Response::new(swap_response(report)))
+    }
+
+    async fn rollback_policy(
+        &self,
+        request: Request<proto::RollbackPolicyRequest>,
+    ) -> Result<Response<proto::RollbackPolicyResponse>, Status> {
+        let request = request.into_inner();
+        router_kind(request.kind)?;
+        let rollback =
+            self.host.rollback_router(&request.pool, &requester(&request.requested_by)).map_err(admin_status)?;
+        Ok(Response::new(proto::RollbackPolicyResponse {
+            restored: rollback.restored.label().to_owned(),
+            replaced: rollback.replaced.label().to_owned(),
+        }))
+    }
+}
+
+fn admin_status(error: AdminError) -> Status {
+    match error {
+        AdminError::NotFound(message) => Status::not_found(message),
+        AdminError::Refused(message) => Status::failed_precondition(message),
+    }
+}
+
+/// Routers are the kind that can be swapped while the host serves.
+fn router_kind(kind: i32) -> Result<(), Status> {
+    match proto::PolicyKind::try_from(kind) {
+        Ok(proto::PolicyKind::Router) => Ok(()),
+        Ok(other) => Err(Status::invalid_argument(format!(
+            "{} policies cannot be swapped while the host runs yet; change host.{} in the config and restart",
+            other.as_str_name(),
+            if other == proto::PolicyKind::ConfigRules { "config_rules" } else { "compat_rules" }
+        ))),
+        Err(_) => Err(Status::invalid_argument(format!("unknown policy kind {kind}; use 0 (router)"))),
+    }
+}
+
+fn requester(named: &str) -> String {
+    if named.is_empty() {
+        "an admin client".to_owned()
+    } else {
+        named.to_owned()
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn version(version: &PolicyVersion) -> proto::PolicyVersion {
+    let (ended_at, ended_by) = version.ended.clone().map_or((0, String::new()), |(at, why)| (unix_ms(at), why));
+    proto::PolicyVersion {
+        label: version.label.clone(),
+        sha256: version.sha256.clone(),
+        declared: version.declared.clone().unwrap_or_default(),
+        loaded_at_unix_ms: unix_ms(version.loaded_at),
+        live_since_unix_ms: unix_ms(version.live_since),
+        promoted_by: version.promoted_by.clone(),
+        decisions: version.decisions,
+        faults: version.faults,
+        ended_at_unix_ms: ended_at,
+        ended_by,
+    }
+}
+
+fn replay_report(replay: &ReplayReport) -> proto::ReplayReport {
+    proto::ReplayReport {
+        decisions: u32::try_from(replay.decisions).unwrap_or(u32::MAX),
+        differing: u32::try_from(replay.differing).unwrap_or(u32::MAX),
+        examples: replay
+            .examples
+            .iter()
+            .map(|example| proto::Divergence {
+                tool: example.tool.clone(),
+                session: example.session.clone().unwrap_or_default(),
+                live: example.live.to_string(),
+                candidate: example.candidate.to_string(),
+            })
+            .collect(),
+        p50_ns: nanos(replay.p50),
+        p99_ns: nanos(replay.p99),
+        budget_ns: nanos(replay.budget),
+    }
+}
+
+fn swap_response(report: SwapReport) -> proto::SwapPolicyResponse {
+    let (refused_at, refusal) =
+        report.refused.clone().map_or_else(Default::default, |(stage, why)| (stage.to_string(), why));
+    proto::SwapPolicyResponse {
+        promoted: report.promoted(),
+        candidate: report.candidate,
+        sha256: report.meta.sha256,
+        declared: report.meta.declared.unwrap_or_default(),
+        compiled_from_cache: report.compiled_from_cache,
+        replay: report.replay.as_ref().map(replay_report),
+        refused_at,
+        refusal,
+        replaced: report.replaced.unwrap_or_default(),
+        elapsed_us: u64::try_from(report.elapsed.as_micros()).unwrap_or(u64::MAX),
+    }
+}

@@ -1,0 +1,154 @@
+//! `pitboss policy list|swap|rollback`: a running host's routing policies
+//! through its admin socket. `swap` reads the component here and sends its
+//! bytes, so the host needs no access to the file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+
+use super::client::{with_admin, AdminSocket};
+use crate::api::Component;
+use crate::policy::{PolicyVersion, SwapOptions, SwapReport};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Each pool's live routing policy and the versions live before it.
+    List {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Check a router component against a pool (static checks, init, replay
+    /// of the pool's recent decisions) and make it live; exit 1 if refused.
+    Swap(SwapArgs),
+    /// Put back the routing policy the live one replaced; exit 1 if there is
+    /// none.
+    Rollback {
+        /// The pool.
+        pool: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SwapArgs {
+    /// The pool whose policy to swap.
+    pool: String,
+    /// The component file (built for wasm32-wasip2 with pitboss-guest).
+    file: PathBuf,
+    /// The kind of policy; only routers can be swapped while the host runs.
+    #[arg(long, default_value = "router", value_parser = ["router"])]
+    kind: String,
+    /// Stop after the replay and print the report; promote nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Refuse the component unless its sha256 (hex) is this.
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    #[command(flatten)]
+    admin: AdminSocket,
+}
+
+pub fn run(command: &Command) -> Result<ExitCode> {
+    match command {
+        Command::List { admin } => {
+            let pools = with_admin(admin, async |mut admin| admin.router_policies().await)??;
+            for pool in pools {
+                print_pool(&pool.pool, &pool.history, pool.can_roll_back);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Swap(args) => swap(args),
+        Command::Rollback { pool, admin } => {
+            match with_admin(admin, async |mut admin| admin.rollback_router(pool, &requester()).await)? {
+                Ok((restored, replaced)) => {
+                    println!("pool `{pool}` routes with {restored} again, replacing {replaced}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn swap(args: &SwapArgs) -> Result<ExitCode> {
+    let wasm = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let component = Component::Bytes { label: args.file.display().to_string(), wasm };
+    let options =
+        SwapOptions { expected_sha256: args.sha256.clone(), dry_run: args.dry_run, requested_by: requester() };
+    match with_admin(&args.admin, async |mut admin| admin.swap_router(&args.pool, component, options).await)? {
+        Ok(report) => {
+            print_swap(&report, args.dry_run);
+            Ok(if report.refused.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Who asks, for the host's policy history.
+fn requester() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "an unknown user".to_owned());
+    format!("{user} (pitboss policy)")
+}
+
+fn print_swap(report: &SwapReport, dry_run: bool) {
+    let compiled = if report.compiled_from_cache { "compiled artifact from the cache" } else { "compiled fresh" };
+    println!("candidate {} ({}), {compiled}", report.candidate, report.meta);
+    if let Some(replay) = &report.replay {
+        println!(
+            "replay: {} recent decisions, {} differ from the live policy's; per call p50 {:?}, p99 {:?} (budget {:?})",
+            replay.decisions, replay.differing, replay.p50, replay.p99, replay.budget
+        );
+        for example in &replay.examples {
+            let session = example.session.as_deref().map(|s| format!(" session {s}")).unwrap_or_default();
+            println!("  tool `{}`{session}: live {}, candidate {}", example.tool, example.live, example.candidate);
+        }
+    }
+    match (&report.refused, &report.replaced) {
+        (Some((stage, why)), _) => {
+            eprintln!("refused at {stage}: {why}");
+            eprintln!("the live policy of pool `{}` keeps serving", report.pool);
+        }
+        (None, Some(replaced)) => {
+            println!("live on pool `{}` after {:?}, replacing {replaced}", report.pool, report.elapsed)
+        }
+        (None, None) if dry_run => println!("dry run: every check passed; nothing was promoted"),
+        (None, None) => println!("not promoted"),
+    }
+}
+
+fn print_pool(pool: &str, history: &[PolicyVersion], can_roll_back: bool) {
+    let Some((live, earlier)) = history.split_first() else { return };
+    println!("pool {pool}  router {}", describe(live));
+    for version in earlier {
+        println!("  before: {}", describe(version));
+    }
+    println!("  rollback: {}", if can_roll_back { "possible" } else { "nothing to roll back to" });
+}
+
+fn describe(version: &PolicyVersion) -> String {
+    let plugin = version.declared.as_deref().map(|d| format!("{d}, ")).unwrap_or_default();
+    let short_hash = &version.sha256[..version.sha256.len().min(12)];
+    let ended = match &version.ended {
+        None => format!("live for {}", ago(version.live_since)),
+        Some((at, why)) => format!("went live {} ago, ended {} ago: {why}", ago(version.live_since), ago(*at)),
+    };
+    format!(
+        "{} ({plugin}sha256 {short_hash}), {ended}; {}; {} decisions, {} faults",
+        version.label, version.promoted_by, version.decisions, version.faults
+    )
+}
+
+/// "3.2s" since `then`.
+fn ago(then: SystemTime) -> String {
+    let elapsed = SystemTime::now().duration_since(then).unwrap_or_default();
+    format!("{:.1}s", elapsed.as_secs_f64())
+}
