@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 use tonic::transport::Channel;
 use tonic::Status;
 
+use super::errors::call_error;
 use super::proto::{self, pitboss_client::PitbossClient};
-use super::{call_error, content_type_from_proto, content_type_to_proto};
+use super::{content_type_from_proto, content_type_to_proto};
 use crate::pool::{
     CallError, CallOutput, CallRequest, ErrorKind, PoolFacts, PoolStatus, Reason, RecycleCounts, RouterReport,
     WorkerStatus,

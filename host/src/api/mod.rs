@@ -14,10 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use prost::Message;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::pool::{CallError, CallRequest, ErrorKind, PoolStatus};
 use crate::worker::ContentType;
@@ -26,6 +25,7 @@ use crate::Host;
 mod admin;
 mod admin_client;
 mod client;
+mod errors;
 
 pub use admin::{bind_admin, serve_admin};
 pub use admin_client::{AdminClient, Component};
@@ -75,7 +75,7 @@ impl Pitboss for Service {
                     ErrorKind::BadPayload,
                     format!("unknown content type {}; use JSON (0) or RAW (1)", request.content_type),
                 );
-                return Err(status(&error));
+                return Err(errors::status(&error, &request.pool, &request.tool));
             }
         };
         let mut metadata: Vec<(String, String)> = request.metadata.into_iter().collect();
@@ -88,14 +88,15 @@ impl Pitboss for Service {
             metadata,
             timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
         };
-        match self.host.execute(&request.pool, call).await {
+        let (pool, tool) = (request.pool, call.tool.clone());
+        match self.host.execute(&pool, call).await {
             Ok(output) => Ok(Response::new(proto::ExecuteResponse {
                 payload: output.payload.to_vec(),
                 content_type: content_type_to_proto(output.content_type) as i32,
                 worker: output.worker,
                 duration_us: output.duration.as_micros() as u64,
             })),
-            Err(error) => Err(status(&error)),
+            Err(error) => Err(errors::status(&error, &pool, &tool)),
         }
     }
 
@@ -158,40 +159,6 @@ fn pool_status(p: PoolStatus) -> proto::PoolStatus {
             })
             .collect(),
     }
-}
-
-/// The status a failed call is answered with: a fitting code, the message,
-/// and the structured error in the details.
-fn status(error: &CallError) -> Status {
-    let code = match error.kind {
-        ErrorKind::UnknownPool | ErrorKind::UnknownTool => Code::NotFound,
-        ErrorKind::BadArguments | ErrorKind::BadPayload => Code::InvalidArgument,
-        ErrorKind::Exception => Code::Unknown,
-        ErrorKind::Timeout | ErrorKind::QueueTimeout => Code::DeadlineExceeded,
-        ErrorKind::Saturated => Code::ResourceExhausted,
-        ErrorKind::Rejected => Code::FailedPrecondition,
-        ErrorKind::WorkerCrashed => Code::Aborted,
-        ErrorKind::ShuttingDown => Code::Unavailable,
-        ErrorKind::BadResult | ErrorKind::Protocol => Code::Internal,
-    };
-    let details = proto::CallError {
-        kind: error.kind.as_str().to_owned(),
-        message: error.message.clone(),
-        python_type: error.python_type.clone().unwrap_or_default(),
-        traceback: error.traceback.clone().unwrap_or_default(),
-    };
-    Status::with_details(code, error.to_string(), Bytes::from(details.encode_to_vec()))
-}
-
-/// The structured error a failed Execute carries, if any.
-fn call_error(status: &Status) -> Option<CallError> {
-    let error = proto::CallError::decode(status.details()).ok().filter(|e| !e.kind.is_empty())?;
-    Some(CallError {
-        kind: ErrorKind::parse(&error.kind).unwrap_or(ErrorKind::Protocol),
-        message: error.message,
-        python_type: Some(error.python_type).filter(|t| !t.is_empty()),
-        traceback: Some(error.traceback).filter(|t| !t.is_empty()),
-    })
 }
 
 fn content_type_from_proto(content_type: proto::ContentType) -> ContentType {
