@@ -26,6 +26,11 @@ pub static BUILTIN_ROUTERS: &[BuiltinPlugin] = &[
         summary: "workers in turn, skipping those that cannot take a call",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/pitboss_plugin_round_robin.wasm")),
     },
+    BuiltinPlugin {
+        name: "session-affinity",
+        summary: "the same session key to the same worker while it has room; its replacement inherits them",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/pitboss_plugin_session_affinity.wasm")),
+    },
 ];
 
 /// The built-in config rules.

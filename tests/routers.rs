@@ -1,0 +1,51 @@
+//! The built-in routers on real pools: real workers, the compiled
+//! components the binary embeds.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pitboss::{CallRequest, Host};
+use support::{eventually, start_ready};
+
+/// The worker each of 1,000 sessions is served by, called one at a time.
+async fn homes(host: &Host) -> HashMap<String, u32> {
+    let mut homes = HashMap::new();
+    for n in 0..1000 {
+        let session = format!("session-{n}");
+        let request = CallRequest { session: Some(session.clone()), ..CallRequest::json("noop", "{}") };
+        let output = host.execute("pool", request).await.unwrap();
+        homes.insert(session, output.worker);
+    }
+    homes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_affinity_keeps_most_sessions_on_their_worker_through_a_recycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::config(dir.path(), "size = 4\nrouter = \"builtin:session-affinity\"");
+    let host = start_ready(config).await;
+
+    let before = homes(&host).await;
+    for worker in 0..4 {
+        let share = before.values().filter(|w| **w == worker).count();
+        assert!((150..=350).contains(&share), "worker {worker} serves {share} of 1,000 sessions");
+    }
+    assert_eq!(homes(&host).await, before, "the same session goes to the same worker");
+
+    host.recycle("pool", 2).await.unwrap();
+    let replaced = eventually(Duration::from_secs(30), async || {
+        let status = &host.status().await[0];
+        status.ready == 4 && status.draining == 0 && status.workers.iter().all(|w| w.id != 2)
+    })
+    .await;
+    assert!(replaced, "worker 2 was not replaced: {:#?}", host.status().await);
+
+    let after = homes(&host).await;
+    let kept = before.iter().filter(|(session, worker)| after[*session] == **worker).count();
+    assert!(kept >= 700, "only {kept} of 1,000 sessions kept their worker");
+    let moved_elsewhere = before.iter().filter(|(s, w)| **w != 2 && after[*s] != **w).count();
+    assert_eq!(moved_elsewhere, 0, "only the recycled worker's sessions move");
+    host.shutdown().await;
+}
