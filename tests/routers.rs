@@ -49,3 +49,55 @@ async fn session_affinity_keeps_most_sessions_on_their_worker_through_a_recycle(
     assert_eq!(moved_elsewhere, 0, "only the recycled worker's sessions move");
     host.shutdown().await;
 }
+
+/// An adapter whose first worker to start is slow: it claims a marker file.
+const ONE_SLOW_WORKER: &str = r#"
+import os
+import time
+
+from pitboss_worker import Adapter, tool
+
+
+class OneSlow(Adapter):
+    thread_safe = True
+
+    def setup(self):
+        try:
+            os.close(os.open(os.path.join(os.path.dirname(__file__), "slow.claim"), os.O_CREAT | os.O_EXCL))
+            self.slow = True
+        except FileExistsError:
+            self.slow = False
+
+    @tool
+    def work(self):
+        time.sleep(0.03 if self.slow else 0.002)
+        return self.slow
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_latency_sends_less_to_a_slow_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("one_slow.py"), ONE_SLOW_WORKER).unwrap();
+    let settings = "size = 4\nrouter = \"builtin:least-latency\"\n[pool.router_options]\nalpha = \"0.5\"";
+    let host = std::sync::Arc::new(start_ready(support::config_for(dir.path(), "one_slow:OneSlow", settings)).await);
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let mut slow_calls = 0;
+                for _ in 0..150 {
+                    let output = host.execute("pool", CallRequest::json("work", "{}")).await.unwrap();
+                    slow_calls += u32::from(&output.payload[..] == b"true");
+                }
+                slow_calls
+            })
+        })
+        .collect();
+    let mut slow_calls = 0;
+    for caller in callers {
+        slow_calls += caller.await.unwrap();
+    }
+    // A fair share would be 75 of 300.
+    assert!(slow_calls <= 20, "the slow worker served {slow_calls} of 300 calls");
+    host.shutdown().await;
+}

@@ -31,6 +31,11 @@ pub static BUILTIN_ROUTERS: &[BuiltinPlugin] = &[
         summary: "the same session key to the same worker while it has room; its replacement inherits them",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/pitboss_plugin_session_affinity.wasm")),
     },
+    BuiltinPlugin {
+        name: "least-latency",
+        summary: "the faster of two workers with room, by each worker's moving average latency per tool",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/pitboss_plugin_least_latency.wasm")),
+    },
 ];
 
 /// The built-in config rules.
