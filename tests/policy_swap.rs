@@ -203,3 +203,20 @@ async fn a_policy_that_starts_faulting_is_rolled_back_by_the_circuit_breaker() {
     assert_eq!(host.status().await[0].router.policy, "builtin:least-loaded");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_can_carry_new_router_options_to_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start_ready(support::config(dir.path(), "size = 2")).await;
+    some_traffic(&host).await;
+    let refusing = SwapOptions { router_options: Some(vec![("refuse".into(), "yes".into())]), ..by("test") };
+    let report = host.swap_router("pool", plugin("completion-probe"), refusing).await.unwrap();
+    let (stage, why) = report.refused.expect("init refuses with these options");
+    assert_eq!(stage, SwapStage::Init);
+    assert!(why.contains("completion-probe refuses pool pool"), "{why}");
+
+    let accepting = SwapOptions { router_options: Some(vec![("refuse".into(), "no".into())]), ..by("test") };
+    assert!(host.swap_router("pool", plugin("completion-probe"), accepting).await.unwrap().promoted());
+    assert_eq!(json_call(&host, "add", json!({"a": 1, "b": 1})).await, json!(2));
+    host.shutdown().await;
+}

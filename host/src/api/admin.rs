@@ -117,6 +117,11 @@ impl proto::admin_server::Admin for Admin {
             expected_sha256: Some(request.expected_sha256).filter(|hash| !hash.is_empty()),
             dry_run: request.dry_run,
             requested_by: requester(&request.requested_by),
+            router_options: request.set_options.then(|| {
+                let mut options: Vec<(String, String)> = request.options.into_iter().collect();
+                options.sort();
+                options
+            }),
         };
         let report = self.host.swap_router(&request.pool, candidate, options).await.map_err(admin_status)?;
         Ok(Response::new(swap_response(report)))

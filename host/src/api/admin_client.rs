@@ -97,6 +97,8 @@ impl AdminClient {
             expected_sha256: options.expected_sha256.unwrap_or_default(),
             requested_by: options.requested_by,
             label,
+            set_options: options.router_options.is_some(),
+            options: options.router_options.unwrap_or_default().into_iter().collect(),
         };
         let answer = self.admin.swap_policy(request).await.map_err(admin_error)?.into_inner();
         let refused = SwapStage::parse(&answer.refused_at).map(|stage| (stage, answer.refusal));

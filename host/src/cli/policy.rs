@@ -47,6 +47,10 @@ pub struct SwapArgs {
     /// Refuse the component unless its sha256 (hex) is this.
     #[arg(long, value_name = "HEX")]
     sha256: Option<String>,
+    /// A router option for the candidate's init (repeat for more); given
+    /// any, they replace the pool's router_options.
+    #[arg(long = "option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    options: Vec<(String, String)>,
     #[command(flatten)]
     admin: AdminSocket,
 }
@@ -79,8 +83,12 @@ pub fn run(command: &Command) -> Result<ExitCode> {
 fn swap(args: &SwapArgs) -> Result<ExitCode> {
     let wasm = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let component = Component::Bytes { label: args.file.display().to_string(), wasm };
-    let options =
-        SwapOptions { expected_sha256: args.sha256.clone(), dry_run: args.dry_run, requested_by: requester() };
+    let options = SwapOptions {
+        expected_sha256: args.sha256.clone(),
+        dry_run: args.dry_run,
+        requested_by: requester(),
+        router_options: (!args.options.is_empty()).then(|| args.options.clone()),
+    };
     match with_admin(&args.admin, async |mut admin| admin.swap_router(&args.pool, component, options).await)? {
         Ok(report) => {
             print_swap(&report, args.dry_run);
@@ -90,6 +98,13 @@ fn swap(args: &SwapArgs) -> Result<ExitCode> {
             eprintln!("error: {error}");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
     }
 }
 

@@ -52,6 +52,9 @@ pub struct RouterPolicy {
     from_cache: bool,
     loaded_at: SystemTime,
     usage: Arc<VersionUsage>,
+    /// Options this version's `init` gets instead of the pool's configured
+    /// `router_options` (a swap may carry new ones).
+    options: Option<Vec<(String, String)>>,
 }
 
 /// Decisions and faults of one version, across every instance of it.
@@ -77,13 +80,20 @@ impl RouterPolicy {
     /// interface. Detects the optional completion hook.
     pub fn load(engine: &PolicyEngine, source: &PolicySource, limits: PolicyLimits) -> Result<Arc<Self>> {
         let wasm = source.read()?;
-        Self::from_bytes(engine, source.to_string(), &wasm, limits)
+        Self::from_bytes(engine, source.to_string(), &wasm, limits, None)
             .with_context(|| format!("cannot load routing policy {source}"))
     }
 
     /// Loads a router from its bytes; `label` names it in logs and status
-    /// (a path, or where the bytes came from).
-    pub fn from_bytes(engine: &PolicyEngine, label: String, wasm: &[u8], limits: PolicyLimits) -> Result<Arc<Self>> {
+    /// (a path, or where the bytes came from). `options`, when given,
+    /// replace the pool's `router_options` for this version's `init`.
+    pub fn from_bytes(
+        engine: &PolicyEngine,
+        label: String,
+        wasm: &[u8],
+        limits: PolicyLimits,
+        options: Option<Vec<(String, String)>>,
+    ) -> Result<Arc<Self>> {
         let component::Linked { meta, pre, from_cache } = component::link(engine, wasm, &limits)?;
         let routing = routing::GuestIndices::new(&pre).map_err(|err| {
             anyhow!("{err:#}\nThe component is not a router: export it with `pitboss_guest::export_router!`")
@@ -100,6 +110,7 @@ impl RouterPolicy {
             from_cache,
             loaded_at: SystemTime::now(),
             usage: Arc::default(),
+            options,
         };
         // Instantiating once proves the exports have the contract's types, so
         // a plugin built against another version fails here, not per request.
@@ -156,7 +167,11 @@ impl RouterPolicy {
     /// A fresh store and instance, initialised for `pool`.
     fn instantiate(&self, pool: &PoolInfo, stats: &RouterStats, sandbox: Sandbox) -> Result<Live, PolicyFault> {
         let mut live = self.bind(stats, sandbox)?;
-        match live.routing.call_init(&mut live.store, pool) {
+        let init = match &self.options {
+            Some(options) => &PoolInfo { options: options.clone(), ..pool.clone() },
+            None => pool,
+        };
+        match live.routing.call_init(&mut live.store, init) {
             Ok(Ok(())) => Ok(live),
             Ok(Err(reason)) => Err(PolicyFault { kind: FaultKind::InitRejected, detail: reason }),
             Err(err) => Err(PolicyFault::from_call(&err, &live.store, "init")),

@@ -37,6 +37,9 @@ pub struct SwapOptions {
     pub dry_run: bool,
     /// Who or what asked, for the policy history.
     pub requested_by: String,
+    /// Options for the candidate's `init` in place of the pool's
+    /// `router_options`; `None` keeps those.
+    pub router_options: Option<Vec<(String, String)>>,
 }
 
 /// The pipeline's steps, in order.
@@ -134,7 +137,13 @@ pub fn swap_router(
             return refuse(report, SwapStage::Load, reason);
         }
     }
-    let policy = match RouterPolicy::from_bytes(engine, candidate.label, &candidate.wasm, limits) {
+    let policy = match RouterPolicy::from_bytes(
+        engine,
+        candidate.label,
+        &candidate.wasm,
+        limits,
+        options.router_options.clone(),
+    ) {
         Ok(policy) => policy,
         Err(err) => return refuse(report, SwapStage::Check, format!("{err:#}")),
     };
