@@ -220,3 +220,45 @@ async fn a_swap_can_carry_new_router_options_to_init() {
     assert_eq!(json_call(&host, "add", json!({"a": 1, "b": 1})).await, json!(2));
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_router_file_swaps_on_change_and_garbage_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = dir.path().join("router.wasm");
+    std::fs::write(&router, builtin("round-robin").wasm).unwrap();
+    let settings = format!("size = 2\nrouter = {router:?}\nrouter_watch = true");
+    let host = start_ready(support::config(dir.path(), &settings)).await;
+    some_traffic(&host).await;
+    let first_hash = host.router_policies()[0].history[0].sha256.clone();
+
+    std::fs::write(&router, builtin("least-loaded").wasm).unwrap();
+    let swapped = eventually(Duration::from_secs(10), async || {
+        let live = &host.router_policies()[0].history[0];
+        live.sha256 != first_hash && live.promoted_by == "swap by router_watch"
+    })
+    .await;
+    assert!(swapped, "the changed file was not swapped in: {:#?}", host.router_policies());
+    let live_hash = host.router_policies()[0].history[0].sha256.clone();
+
+    std::fs::write(&router, b"half a component").unwrap();
+    // Two watch intervals and then some: the garbage was seen and refused.
+    tokio::time::sleep(pitboss::host::WATCH_INTERVAL * 3).await;
+    let policies = host.router_policies().remove(0);
+    assert_eq!(policies.history[0].sha256, live_hash, "garbage does not go live");
+    assert_eq!(policies.history.len(), 2);
+    assert_eq!(json_call(&host, "add", json!({"a": 20, "b": 22})).await, json!(42));
+    host.shutdown().await;
+}
+
+#[test]
+fn watching_a_builtin_router_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pitboss.toml");
+    let text = "[[pool]]\nname = \"p\"\nadapter = \"a:A\"\nrouter_watch = true\n";
+    std::fs::write(&path, text).unwrap();
+    let error = pitboss::Config::load(&path).unwrap_err().to_string();
+    assert!(
+        error.contains("pool.p.router_watch") && error.contains("`builtin:least-loaded`, compiled into pitboss"),
+        "{error}"
+    );
+}

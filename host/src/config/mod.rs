@@ -90,6 +90,9 @@ pub struct PoolConfig {
     /// `builtin:NAME` or a path to a routing component.
     pub router: String,
     pub router_options: BTreeMap<String, String>,
+    /// Swap the router (through the full pipeline) whenever its component
+    /// file changes.
+    pub router_watch: bool,
     pub router_limits: PolicyLimits,
     /// Environment for the workers; overrides pitboss's defaults key by key.
     pub env: BTreeMap<String, String>,

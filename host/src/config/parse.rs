@@ -187,6 +187,7 @@ fn read_pool(
         working_dir: base.to_owned(),
         router: raw.string("router").unwrap_or_else(|| DEFAULT_ROUTER.to_owned()),
         router_options: raw.string_map("router_options"),
+        router_watch: raw.boolean("router_watch").unwrap_or(false),
         router_limits,
         env: raw.string_map("env"),
         args: raw.strings("args"),
@@ -200,6 +201,13 @@ fn read_pool(
         lifecycle: lifecycle(&mut raw),
         extra: Vec::new(),
     };
+    if pool.router_watch && pool.router.starts_with("builtin:") {
+        let message = format!(
+            "watches a component file, but the router is `{}`, compiled into pitboss; name a .wasm file as the router or drop router_watch",
+            pool.router
+        );
+        raw.problem("router_watch", message);
+    }
     pool.extra = raw.finish();
     problems.append(&mut raw.problems);
     pool

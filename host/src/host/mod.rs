@@ -14,8 +14,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
 mod preflight;
+mod watch;
 
 pub use preflight::preflight;
+pub use watch::WATCH_INTERVAL;
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub struct Host {
     config: Config,
     pools: BTreeMap<String, ServedPool>,
     engine: PolicyEngine,
+    /// `router_watch` tasks, stopped at shutdown.
+    watchers: Vec<tokio::task::JoinHandle<()>>,
     _lock: Flock<File>,
 }
 
@@ -101,7 +105,18 @@ impl Host {
                 }
             }
         }
-        Ok(Host { config, pools, engine, _lock: lock })
+        let watchers = config
+            .pools
+            .iter()
+            .filter(|pool| pool.router_watch)
+            .filter_map(|pool| {
+                let PolicySource::File(path) = PolicySource::parse(&pool.router).ok()? else { return None };
+                let slot = pools.get(&pool.name)?.router.clone();
+                let (info, limits) = (PoolInfo::from(pool), pool.router_limits.clone());
+                Some(watch::spawn(path, engine.clone(), slot, info, limits))
+            })
+            .collect();
+        Ok(Host { config, pools, engine, watchers, _lock: lock })
     }
 
     pub fn config(&self) -> &Config {
@@ -201,10 +216,21 @@ impl Host {
     /// configured grace period, then stops every worker. Returns when no
     /// worker process is left.
     pub async fn shutdown(&self) {
+        for watcher in &self.watchers {
+            watcher.abort();
+        }
         let grace = self.config.host.shutdown_grace;
         let stops: Vec<_> = self.pools.values().map(|served| served.pool.shutdown(grace)).collect();
         for stop in stops {
             stop.await;
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for watcher in &self.watchers {
+            watcher.abort();
         }
     }
 }
