@@ -6,8 +6,15 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PLUGINS: &[&str] =
-    &["least-loaded", "round-robin", "session-affinity", "least-latency", "pool-rules", "compat-rules"];
+const PLUGINS: &[&str] = &[
+    "least-loaded",
+    "round-robin",
+    "session-affinity",
+    "least-latency",
+    "weighted-tools",
+    "pool-rules",
+    "compat-rules",
+];
 const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
 

@@ -101,3 +101,30 @@ async fn least_latency_sends_less_to_a_slow_worker() {
     assert!(slow_calls <= 20, "the slow worker served {slow_calls} of 300 calls");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_tools_pins_a_tool_to_its_slot_across_a_recycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = "size = 3\nrouter = \"builtin:weighted-tools\"\n[pool.router_options]\n\"ad*\" = \"2\"";
+    let host = start_ready(support::config(dir.path(), settings)).await;
+    let served_by = async |tool: &str| {
+        let args = if tool == "add" { r#"{"a": 1, "b": 2}"# } else { "{}" };
+        host.execute("pool", CallRequest::json(tool, args)).await.unwrap().worker
+    };
+    let pinned = served_by("add").await;
+    for _ in 0..10 {
+        assert_eq!(served_by("add").await, pinned);
+    }
+    assert_ne!(served_by("noop").await, pinned, "other tools go least-loaded, to the lowest id");
+
+    host.recycle("pool", pinned).await.unwrap();
+    let replaced = eventually(Duration::from_secs(30), async || {
+        let status = &host.status().await[0];
+        status.ready == 3 && status.draining == 0 && status.workers.iter().all(|w| w.id != pinned)
+    })
+    .await;
+    assert!(replaced, "{:#?}", host.status().await);
+    let newest = host.status().await[0].workers.iter().map(|w| w.id).max().unwrap();
+    assert_eq!(served_by("add").await, newest, "the replacement inherits the slot");
+    host.shutdown().await;
+}

@@ -92,6 +92,9 @@ pub mod bindings {
 }
 
 mod rules;
+mod slots;
+
+pub use slots::WorkerSlots;
 
 pub use bindings::router::pitboss::policy::types::{Decision, PoolInfo, Profile, RequestView, WorkerState, WorkerView};
 pub use rules::normalize_name;

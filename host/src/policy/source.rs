@@ -36,6 +36,11 @@ pub static BUILTIN_ROUTERS: &[BuiltinPlugin] = &[
         summary: "the faster of two workers with room, by each worker's moving average latency per tool",
         wasm: include_bytes!(concat!(env!("OUT_DIR"), "/pitboss_plugin_least_latency.wasm")),
     },
+    BuiltinPlugin {
+        name: "weighted-tools",
+        summary: "tools pinned to worker slots by patterns in router_options (\"embed*\" = \"0-1\")",
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/pitboss_plugin_weighted_tools.wasm")),
+    },
 ];
 
 /// The built-in config rules.

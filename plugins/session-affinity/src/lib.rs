@@ -2,75 +2,31 @@
 //! same worker while it is ready and has room; requests without a session,
 //! or whose worker cannot take them now, go least-loaded. It never errors.
 //!
-//! Sessions hash onto *slots*, not worker ids (rendezvous hashing over the
-//! slot numbers). A worker holds a slot from when the policy first sees it
-//! until it is draining or gone; its replacement takes the freed slot. So a
-//! recycled worker hands exactly its own sessions to its replacement, and
-//! every other session stays where it was. Ids cannot serve as the key:
-//! a replacement always gets a new id, and hashing on ids would move a
-//! share of every worker's sessions onto it.
+//! Sessions hash onto worker slots ([`WorkerSlots`]), not worker ids
+//! (rendezvous hashing over the slot numbers), so a recycled worker hands
+//! exactly its own sessions to its replacement and every other session
+//! stays where it was. Ids cannot serve as the key: a replacement always
+//! gets a new id, and hashing on ids would move a share of every worker's
+//! sessions onto it.
 
-use pitboss_guest::{has_spare_capacity, Decision, PoolInfo, RequestView, Router, WorkerState, WorkerView};
+use pitboss_guest::{has_spare_capacity, Decision, PoolInfo, RequestView, Router, WorkerSlots, WorkerView};
 
 struct SessionAffinity {
-    /// The worker id holding each slot; `None` while the slot is free.
-    slots: Vec<Option<u32>>,
-    /// The serving workers the slots were last assigned for (ids of those
-    /// not draining, in order): reassigning runs only when this changes.
-    seen: Vec<u32>,
+    slots: WorkerSlots,
 }
 
 impl Router for SessionAffinity {
     fn init(pool: PoolInfo) -> Result<Self, String> {
-        Ok(SessionAffinity { slots: vec![None; pool.size.max(1) as usize], seen: Vec::new() })
+        Ok(SessionAffinity { slots: WorkerSlots::new(pool.size) })
     }
 
     fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Decision {
-        self.assign_slots(workers);
+        self.slots.update(workers);
         let Some(session) = &request.session else { return pitboss_guest::decide_least_loaded(workers) };
         let slot = (0..self.slots.len()).max_by_key(|slot| score(session, *slot)).unwrap_or(0);
-        // The host lists workers in id order.
-        let preferred = self
-            .slots
-            .get(slot)
-            .copied()
-            .flatten()
-            .and_then(|id| workers.binary_search_by_key(&id, |w| w.id).ok().map(|index| &workers[index]));
-        match preferred {
+        match self.slots.worker(slot, workers) {
             Some(worker) if has_spare_capacity(worker) => Decision::Worker(worker.id),
             _ => pitboss_guest::decide_least_loaded(workers),
-        }
-    }
-}
-
-impl SessionAffinity {
-    /// Frees the slots of workers that are draining or gone, then gives each
-    /// worker without a slot the first free one. There are as many slots as
-    /// the pool's size: a replacement that starts while the worker it
-    /// replaces still serves waits for that slot (and gets only
-    /// least-loaded traffic meanwhile), so the slot count, and with it
-    /// every session's slot, never changes.
-    fn assign_slots(&mut self, workers: &[WorkerView]) {
-        let serving = workers.iter().filter(|w| w.state != WorkerState::Draining).map(|w| w.id);
-        if serving.clone().eq(self.seen.iter().copied()) {
-            return;
-        }
-        self.seen = serving.collect();
-        let serves = |id: u32| self.seen.binary_search(&id).is_ok();
-        for slot in &mut self.slots {
-            if slot.is_some_and(|id| !serves(id)) {
-                *slot = None;
-            }
-        }
-        let mut held: Vec<u32> = self.slots.iter().flatten().copied().collect();
-        held.sort_unstable();
-        for id in &self.seen {
-            if held.binary_search(id).is_ok() {
-                continue;
-            }
-            if let Some(free) = self.slots.iter_mut().find(|slot| slot.is_none()) {
-                *free = Some(*id);
-            }
         }
     }
 }
@@ -92,6 +48,7 @@ pitboss_guest::export_router!(SessionAffinity);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pitboss_guest::WorkerState;
 
     fn worker(id: u32, state: WorkerState) -> WorkerView {
         WorkerView { id, capacity: 1, in_flight: 0, served: 0, age_ms: 0, rss_bytes: 0, state }
@@ -146,7 +103,7 @@ mod tests {
 
     #[test]
     fn a_full_preferred_worker_sends_the_request_least_loaded() {
-        let mut router = SessionAffinity { slots: vec![None; 2], seen: Vec::new() };
+        let mut router = SessionAffinity { slots: WorkerSlots::new(2) };
         let mut workers = vec![worker(0, WorkerState::Ready), worker(1, WorkerState::Ready)];
         let Decision::Worker(home) = router.route(&request("s"), &workers) else { panic!() };
         workers[home as usize].in_flight = 1;
