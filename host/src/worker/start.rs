@@ -105,24 +105,33 @@ pub async fn start(
         let (control, _) = listener.accept().await.map_err(accept_failed)?;
         let (control_read, control_writer) = control.into_split();
         let mut control_reader = BufReader::new(control_read);
-        // A worker of protocol 1 opens one connection and says hello on it.
-        let call = tokio::select! {
-            accepted = listener.accept() => accepted.map_err(accept_failed)?.0,
-            early = read_frame(&mut control_reader) => return Err(match early {
-                Ok(Some(Frame::Hello(hello))) => format!(
+        // A worker of protocol 1 opens one connection and says hello on it;
+        // one of this protocol may say hello before its call connection is
+        // accepted.
+        let (call, early_hello) = tokio::select! {
+            accepted = listener.accept() => (accepted.map_err(accept_failed)?.0, None),
+            early = read_frame(&mut control_reader) => match early {
+                Ok(Some(Frame::Hello(hello))) if hello.protocol == PROTOCOL_VERSION => {
+                    (listener.accept().await.map_err(accept_failed)?.0, Some(hello))
+                }
+                Ok(Some(Frame::Hello(hello))) => return Err(format!(
                     "it speaks protocol version {} (one connection), this host speaks {PROTOCOL_VERSION}: \
-                     install the matching pitboss_worker", hello.protocol),
-                Ok(Some(other)) => format!("it sent {other:?} before opening its call connection"),
-                Ok(None) => "it closed its control connection before opening its call connection".to_owned(),
-                Err(err) => format!("its first frame was unreadable: {err}"),
-            }),
+                     install the matching pitboss_worker", hello.protocol)),
+                Ok(Some(other)) => return Err(format!("it sent {other:?} before opening its call connection")),
+                Ok(None) => return Err("it closed its control connection before opening its call connection".to_owned()),
+                Err(err) => return Err(format!("its first frame was unreadable: {err}")),
+            },
         };
-        match read_frame(&mut control_reader).await {
-            Ok(Some(Frame::Hello(hello))) => Ok((hello, Connections { control_reader, control_writer, call })),
-            Ok(Some(other)) => Err(format!("its first frame was {other:?}, not hello")),
-            Ok(None) => Err("it closed the connection before saying hello".to_owned()),
-            Err(err) => Err(format!("its hello was unreadable: {err}")),
-        }
+        let hello = match early_hello {
+            Some(hello) => hello,
+            None => match read_frame(&mut control_reader).await {
+                Ok(Some(Frame::Hello(hello))) => hello,
+                Ok(Some(other)) => return Err(format!("its first frame was {other:?}, not hello")),
+                Ok(None) => return Err("it closed the connection before saying hello".to_owned()),
+                Err(err) => return Err(format!("its hello was unreadable: {err}")),
+            },
+        };
+        Ok((hello, Connections { control_reader, control_writer, call }))
     };
     // `Err((reason, exited))`: whether the reason already says how the
     // process ended.
