@@ -262,3 +262,44 @@ fn watching_a_builtin_router_is_a_config_error() {
         "{error}"
     );
 }
+
+fn rules(kind: pitboss::host::RulesKind) -> Candidate {
+    let (builtins, name) = match kind {
+        pitboss::host::RulesKind::Config => (pitboss::policy::BUILTIN_CONFIG_RULES, "pool-rules"),
+        pitboss::host::RulesKind::Compat => (pitboss::policy::BUILTIN_COMPAT_RULES, "compat-rules"),
+    };
+    let builtin = builtins.iter().find(|b| b.name == name).unwrap();
+    Candidate { label: format!("builtin:{name} (bytes)"), wasm: builtin.wasm.to_vec() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_rules_are_swapped_only_if_the_running_config_passes_them() {
+    use pitboss::host::{PolicyKind, RulesKind};
+    let dir = tempfile::tempdir().unwrap();
+    let host = start_ready(support::config(dir.path(), "size = 5")).await;
+
+    // A site rule allowing at most four workers per pool: this host runs five.
+    let report = host.swap_rules(RulesKind::Config, plugin("max-four-workers"), by("test")).await.unwrap();
+    let (stage, why) = report.refused.clone().expect("the running config breaks the candidate's rule");
+    assert_eq!(stage, SwapStage::Revalidate, "{why}");
+    assert!(why.contains("pool.pool.size") && why.contains("at most 4 workers per pool (got 5)"), "{why}");
+    let garbage = Candidate { label: "garbage".into(), wasm: b"nope".to_vec() };
+    let report = host.swap_rules(RulesKind::Config, garbage, by("test")).await.unwrap();
+    assert_eq!(report.refused.unwrap().0, SwapStage::Check);
+
+    let report = host.swap_rules(RulesKind::Config, rules(RulesKind::Config), by("test")).await.unwrap();
+    assert!(report.promoted(), "{report:?}");
+    let report = host.swap_rules(RulesKind::Compat, rules(RulesKind::Compat), by("test")).await.unwrap();
+    assert!(report.promoted(), "{report:?}");
+
+    let listed = host.policies();
+    let config_rules = listed.iter().find(|p| p.kind == PolicyKind::Rules(RulesKind::Config)).unwrap();
+    assert_eq!(config_rules.history[0].label, "builtin:pool-rules (bytes)");
+    assert_eq!(config_rules.history[1].label, "builtin:pool-rules");
+    assert!(config_rules.can_roll_back);
+    let (restored, _) = host.rollback_rules(RulesKind::Config, "test").unwrap();
+    assert_eq!(restored, "builtin:pool-rules");
+    assert!(host.rollback_rules(RulesKind::Config, "test").is_err(), "nothing left to roll back to");
+    assert_eq!(json_call(&host, "add", json!({"a": 1, "b": 1})).await, json!(2));
+    host.shutdown().await;
+}

@@ -272,8 +272,28 @@ fn policy_swap_list_and_rollback_through_the_admin_socket() {
 
     let rolled = served.operator(&["policy", "rollback", "pool"]);
     assert_eq!(rolled.status.code(), Some(0), "{}", text(&rolled.stderr));
-    assert!(text(&rolled.stdout).contains("routes with builtin:least-loaded again"), "{}", text(&rolled.stdout));
+    assert!(
+        text(&rolled.stdout).contains("the router of pool `pool` is builtin:least-loaded again"),
+        "{}",
+        text(&rolled.stdout)
+    );
     let again = served.operator(&["policy", "rollback", "pool"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("no earlier routing policy"), "{}", text(&again.stderr));
+
+    let pool_rules = support::root().join("target/plugins/wasm32-wasip2/plugin/pitboss_plugin_pool_rules.wasm");
+    let pool_rules = pool_rules.to_str().unwrap();
+    let misnamed = served.operator(&["policy", "swap", "pool", pool_rules, "--kind", "config-rules"]);
+    assert_eq!(misnamed.status.code(), Some(1));
+    assert!(
+        text(&misnamed.stderr).contains("config rules are host-wide: write `-` for POOL"),
+        "{}",
+        text(&misnamed.stderr)
+    );
+    let rules = served.operator(&["policy", "swap", "-", pool_rules, "--kind", "config-rules"]);
+    assert_eq!(rules.status.code(), Some(0), "{}", text(&rules.stderr));
+    assert!(text(&rules.stdout).contains("live as the host's config rules"), "{}", text(&rules.stdout));
+    let list = text(&served.operator(&["policy", "list"]).stdout);
+    assert!(list.contains(&format!("host  config rules {pool_rules} (pitboss-plugin-pool-rules@")), "{list}");
+    assert!(list.contains("host  compat rules builtin:compat-rules"), "{list}");
 }

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use super::proto::{self, admin_server::AdminServer};
+use crate::host::{PolicyKind, RulesKind};
 use crate::policy::{Candidate, PolicyVersion, ReplayReport, SwapOptions, SwapReport};
 use crate::pool::AdminError;
 use crate::Host;
@@ -82,11 +83,11 @@ impl proto::admin_server::Admin for Admin {
     ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
         let pools = self
             .host
-            .router_policies()
+            .policies()
             .into_iter()
             .map(|pool| proto::PoolPolicies {
                 pool: pool.pool,
-                kind: proto::PolicyKind::Router as i32,
+                kind: kind_to_proto(pool.kind) as i32,
                 history: pool.history.iter().map(version).collect(),
                 can_roll_back: pool.can_roll_back,
             })
@@ -99,7 +100,7 @@ impl proto::admin_server::Admin for Admin {
         request: Request<proto::SwapPolicyRequest>,
     ) -> Result<Response<proto::SwapPolicyResponse>, Status> {
         let request = request.into_inner();
-        router_kind(request.kind)?;
+        let kind = kind_from_proto(request.kind)?;
         let candidate = match request.component {
             Some(proto::swap_policy_request::Component::Wasm(wasm)) => {
                 let label =
@@ -123,8 +124,14 @@ impl proto::admin_server::Admin for Admin {
                 options
             }),
         };
-        let report = self.host.swap_router(&request.pool, candidate, options).await.map_err(admin_status)?;
-        Ok(Response::new(swap_response(report)))
+        let report = match kind {
+            PolicyKind::Router => self.host.swap_router(&request.pool, candidate, options).await,
+            PolicyKind::Rules(kind) => {
+                host_wide(&request.pool, kind)?;
+                self.host.swap_rules(kind, candidate, options).await
+            }
+        };
+        Ok(Response::new(swap_response(report.map_err(admin_status)?)))
     }
 
     async fn rollback_policy(
@@ -132,13 +139,18 @@ impl proto::admin_server::Admin for Admin {
         request: Request<proto::RollbackPolicyRequest>,
     ) -> Result<Response<proto::RollbackPolicyResponse>, Status> {
         let request = request.into_inner();
-        router_kind(request.kind)?;
-        let rollback =
-            self.host.rollback_router(&request.pool, &requester(&request.requested_by)).map_err(admin_status)?;
-        Ok(Response::new(proto::RollbackPolicyResponse {
-            restored: rollback.restored.label().to_owned(),
-            replaced: rollback.replaced.label().to_owned(),
-        }))
+        let by = requester(&request.requested_by);
+        let (restored, replaced) = match kind_from_proto(request.kind)? {
+            PolicyKind::Router => {
+                let rollback = self.host.rollback_router(&request.pool, &by).map_err(admin_status)?;
+                (rollback.restored.label().to_owned(), rollback.replaced.label().to_owned())
+            }
+            PolicyKind::Rules(kind) => {
+                host_wide(&request.pool, kind)?;
+                self.host.rollback_rules(kind, &by).map_err(admin_status)?
+            }
+        };
+        Ok(Response::new(proto::RollbackPolicyResponse { restored, replaced }))
     }
 }
 
@@ -149,17 +161,31 @@ fn admin_status(error: AdminError) -> Status {
     }
 }
 
-/// Routers are the kind that can be swapped while the host serves.
-fn router_kind(kind: i32) -> Result<(), Status> {
+pub(super) fn kind_from_proto(kind: i32) -> Result<PolicyKind, Status> {
     match proto::PolicyKind::try_from(kind) {
-        Ok(proto::PolicyKind::Router) => Ok(()),
-        Ok(other) => Err(Status::invalid_argument(format!(
-            "{} policies cannot be swapped while the host runs yet; change host.{} in the config and restart",
-            other.as_str_name(),
-            if other == proto::PolicyKind::ConfigRules { "config_rules" } else { "compat_rules" }
+        Ok(proto::PolicyKind::Router) => Ok(PolicyKind::Router),
+        Ok(proto::PolicyKind::ConfigRules) => Ok(PolicyKind::Rules(RulesKind::Config)),
+        Ok(proto::PolicyKind::CompatRules) => Ok(PolicyKind::Rules(RulesKind::Compat)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown policy kind {kind}; use 0 (router), 1 (config rules) or 2 (compat rules)"
         ))),
-        Err(_) => Err(Status::invalid_argument(format!("unknown policy kind {kind}; use 0 (router)"))),
     }
+}
+
+pub(super) fn kind_to_proto(kind: PolicyKind) -> proto::PolicyKind {
+    match kind {
+        PolicyKind::Router => proto::PolicyKind::Router,
+        PolicyKind::Rules(RulesKind::Config) => proto::PolicyKind::ConfigRules,
+        PolicyKind::Rules(RulesKind::Compat) => proto::PolicyKind::CompatRules,
+    }
+}
+
+/// Rules are the host's, not a pool's: a pool named with them is a mistake.
+fn host_wide(pool: &str, kind: RulesKind) -> Result<(), Status> {
+    if pool.is_empty() {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!("{} are host-wide: leave `pool` empty (got `{pool}`)", kind.as_str())))
 }
 
 fn requester(named: &str) -> String {

@@ -12,7 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::proto::{self, admin_client};
-use crate::host::PoolPolicies;
+use crate::host::{PolicyKind, PoolPolicies};
 use crate::policy::{Divergence, PluginMeta, PolicyVersion, ReplayReport, SwapOptions, SwapReport, SwapStage};
 use crate::pool::{AdminError, Decision};
 
@@ -60,14 +60,15 @@ impl AdminClient {
         Ok(())
     }
 
-    /// Each pool's routing policy history, as [`crate::Host::router_policies`].
-    pub async fn router_policies(&mut self) -> Result<Vec<PoolPolicies>, AdminError> {
+    /// Every policy's history, as [`crate::Host::policies`].
+    pub async fn policies(&mut self) -> Result<Vec<PoolPolicies>, AdminError> {
         let pools = self.admin.list_policies(proto::ListPoliciesRequest {}).await.map_err(admin_error)?;
         Ok(pools
             .into_inner()
             .pools
             .into_iter()
             .map(|pool| PoolPolicies {
+                kind: super::admin::kind_from_proto(pool.kind).unwrap_or(PolicyKind::Router),
                 pool: pool.pool,
                 history: pool.history.into_iter().map(version).collect(),
                 can_roll_back: pool.can_roll_back,
@@ -75,10 +76,12 @@ impl AdminClient {
             .collect())
     }
 
-    /// Runs a candidate router through the host's swap pipeline, as
-    /// [`crate::Host::swap_router`].
-    pub async fn swap_router(
+    /// Runs a candidate through the host's swap pipeline for `kind`, as
+    /// [`crate::Host::swap_router`] or [`crate::Host::swap_rules`] (with an
+    /// empty `pool`).
+    pub async fn swap(
         &mut self,
+        kind: PolicyKind,
         pool: &str,
         component: Component,
         options: SwapOptions,
@@ -91,7 +94,7 @@ impl AdminClient {
         };
         let request = proto::SwapPolicyRequest {
             pool: pool.to_owned(),
-            kind: proto::PolicyKind::Router as i32,
+            kind: super::admin::kind_to_proto(kind) as i32,
             component: Some(component),
             dry_run: options.dry_run,
             expected_sha256: options.expected_sha256.unwrap_or_default(),
@@ -118,12 +121,17 @@ impl AdminClient {
         })
     }
 
-    /// Puts back `pool`'s previous router; returns the labels of the
-    /// restored and the replaced versions.
-    pub async fn rollback_router(&mut self, pool: &str, requested_by: &str) -> Result<(String, String), AdminError> {
+    /// Puts back the previous version of `kind` (for a router, `pool`'s);
+    /// returns the labels of the restored and the replaced versions.
+    pub async fn rollback(
+        &mut self,
+        kind: PolicyKind,
+        pool: &str,
+        requested_by: &str,
+    ) -> Result<(String, String), AdminError> {
         let request = proto::RollbackPolicyRequest {
             pool: pool.to_owned(),
-            kind: proto::PolicyKind::Router as i32,
+            kind: super::admin::kind_to_proto(kind) as i32,
             requested_by: requested_by.to_owned(),
         };
         let answer = self.admin.rollback_policy(request).await.map_err(admin_error)?.into_inner();

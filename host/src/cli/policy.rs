@@ -1,6 +1,8 @@
-//! `pitboss policy list|swap|rollback`: a running host's routing policies
-//! through its admin socket. `swap` reads the component here and sends its
-//! bytes, so the host needs no access to the file.
+//! `pitboss policy list|swap|rollback`: a running host's policies (each
+//! pool's router, the host's config and compat rules) through its admin
+//! socket. `swap` reads the component here and sends its bytes, so the
+//! host needs no access to the file. Rules are host-wide: their POOL is
+//! written `-`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,23 +12,54 @@ use anyhow::{Context, Result};
 
 use super::client::{with_admin, AdminSocket};
 use crate::api::Component;
+use crate::host::{PolicyKind, RulesKind};
 use crate::policy::{PolicyVersion, SwapOptions, SwapReport};
+
+/// What POOL is for the host-wide rules.
+const HOST_WIDE: &str = "-";
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    Router,
+    ConfigRules,
+    CompatRules,
+}
+
+impl Kind {
+    /// The library's kind and pool name for `pool` as given; rules take `-`.
+    fn target(self, pool: &str) -> Result<(PolicyKind, String)> {
+        let kind = match self {
+            Kind::Router => return Ok((PolicyKind::Router, pool.to_owned())),
+            Kind::ConfigRules => RulesKind::Config,
+            Kind::CompatRules => RulesKind::Compat,
+        };
+        anyhow::ensure!(
+            pool == HOST_WIDE,
+            "{} are host-wide: write `{HOST_WIDE}` for POOL (got `{pool}`)",
+            kind.as_str()
+        );
+        Ok((PolicyKind::Rules(kind), String::new()))
+    }
+}
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Each pool's live routing policy and the versions live before it.
+    /// Each policy's live version and the versions live before it.
     List {
         #[command(flatten)]
         admin: AdminSocket,
     },
-    /// Check a router component against a pool (static checks, init, replay
-    /// of the pool's recent decisions) and make it live; exit 1 if refused.
+    /// Check a component (static checks, then for a router init and a replay
+    /// of the pool's recent decisions, for rules the running config under
+    /// it) and make it live; exit 1 if refused.
     Swap(SwapArgs),
-    /// Put back the routing policy the live one replaced; exit 1 if there is
-    /// none.
+    /// Put back the version the live one replaced; exit 1 if there is none.
     Rollback {
-        /// The pool.
+        /// The pool, or `-` for the host-wide rules.
         pool: String,
+        /// The kind of policy.
+        #[arg(long, value_enum, default_value = "router")]
+        kind: Kind,
         #[command(flatten)]
         admin: AdminSocket,
     },
@@ -34,13 +67,13 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct SwapArgs {
-    /// The pool whose policy to swap.
+    /// The pool whose router to swap, or `-` for the host-wide rules.
     pool: String,
     /// The component file (built for wasm32-wasip2 with pitboss-guest).
     file: PathBuf,
-    /// The kind of policy; only routers can be swapped while the host runs.
-    #[arg(long, default_value = "router", value_parser = ["router"])]
-    kind: String,
+    /// The kind of policy.
+    #[arg(long, value_enum, default_value = "router")]
+    kind: Kind,
     /// Stop after the replay and print the report; promote nothing.
     #[arg(long)]
     dry_run: bool,
@@ -58,17 +91,22 @@ pub struct SwapArgs {
 pub fn run(command: &Command) -> Result<ExitCode> {
     match command {
         Command::List { admin } => {
-            let pools = with_admin(admin, async |mut admin| admin.router_policies().await)??;
-            for pool in pools {
-                print_pool(&pool.pool, &pool.history, pool.can_roll_back);
+            let policies = with_admin(admin, async |mut admin| admin.policies().await)??;
+            for policy in policies {
+                let what = match policy.kind {
+                    PolicyKind::Router => format!("pool {}  router", policy.pool),
+                    PolicyKind::Rules(kind) => format!("host  {}", kind.as_str()),
+                };
+                print_policy(&what, &policy.history, policy.can_roll_back);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Swap(args) => swap(args),
-        Command::Rollback { pool, admin } => {
-            match with_admin(admin, async |mut admin| admin.rollback_router(pool, &requester()).await)? {
+        Command::Rollback { pool, kind, admin } => {
+            let (kind, target) = kind.target(pool)?;
+            match with_admin(admin, async |mut admin| admin.rollback(kind, &target, &requester()).await)? {
                 Ok((restored, replaced)) => {
-                    println!("pool `{pool}` routes with {restored} again, replacing {replaced}");
+                    println!("{} is {restored} again, replacing {replaced}", subject(kind, &target));
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(error) => {
@@ -81,6 +119,7 @@ pub fn run(command: &Command) -> Result<ExitCode> {
 }
 
 fn swap(args: &SwapArgs) -> Result<ExitCode> {
+    let (kind, target) = args.kind.target(&args.pool)?;
     let wasm = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let component = Component::Bytes { label: args.file.display().to_string(), wasm };
     let options = SwapOptions {
@@ -89,9 +128,9 @@ fn swap(args: &SwapArgs) -> Result<ExitCode> {
         requested_by: requester(),
         router_options: (!args.options.is_empty()).then(|| args.options.clone()),
     };
-    match with_admin(&args.admin, async |mut admin| admin.swap_router(&args.pool, component, options).await)? {
+    match with_admin(&args.admin, async |mut admin| admin.swap(kind, &target, component, options).await)? {
         Ok(report) => {
-            print_swap(&report, args.dry_run);
+            print_swap(&report, &subject(kind, &target), args.dry_run);
             Ok(if report.refused.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Err(error) => {
@@ -108,13 +147,21 @@ fn parse_option(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// "the router of pool `hpc`", "the host's config rules".
+fn subject(kind: PolicyKind, pool: &str) -> String {
+    match kind {
+        PolicyKind::Router => format!("the router of pool `{pool}`"),
+        PolicyKind::Rules(kind) => format!("the host's {}", kind.as_str()),
+    }
+}
+
 /// Who asks, for the host's policy history.
 fn requester() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "an unknown user".to_owned());
     format!("{user} (pitboss policy)")
 }
 
-fn print_swap(report: &SwapReport, dry_run: bool) {
+fn print_swap(report: &SwapReport, subject: &str, dry_run: bool) {
     let compiled = if report.compiled_from_cache { "compiled artifact from the cache" } else { "compiled fresh" };
     println!("candidate {} ({}), {compiled}", report.candidate, report.meta);
     if let Some(replay) = &report.replay {
@@ -130,19 +177,17 @@ fn print_swap(report: &SwapReport, dry_run: bool) {
     match (&report.refused, &report.replaced) {
         (Some((stage, why)), _) => {
             eprintln!("refused at {stage}: {why}");
-            eprintln!("the live policy of pool `{}` keeps serving", report.pool);
+            eprintln!("{subject} stays as it was");
         }
-        (None, Some(replaced)) => {
-            println!("live on pool `{}` after {:?}, replacing {replaced}", report.pool, report.elapsed)
-        }
+        (None, Some(replaced)) => println!("live as {subject} after {:?}, replacing {replaced}", report.elapsed),
         (None, None) if dry_run => println!("dry run: every check passed; nothing was promoted"),
         (None, None) => println!("not promoted"),
     }
 }
 
-fn print_pool(pool: &str, history: &[PolicyVersion], can_roll_back: bool) {
+fn print_policy(what: &str, history: &[PolicyVersion], can_roll_back: bool) {
     let Some((live, earlier)) = history.split_first() else { return };
-    println!("pool {pool}  router {}", describe(live));
+    println!("{what} {}", describe(live));
     for version in earlier {
         println!("  before: {}", describe(version));
     }

@@ -14,20 +14,23 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
 mod preflight;
+mod rules;
 mod watch;
 
 pub use preflight::preflight;
+pub use rules::RulesKind;
 pub use watch::WATCH_INTERVAL;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, PoolConfig};
 use crate::policy::{
-    swap_router, Candidate, PolicyEngine, PolicySource, PolicyVersion, PoolInfo, Rollback, RouterInstance,
-    RouterPolicy, RouterSlot, SwapOptions, SwapReport,
+    swap_router, Candidate, PluginMeta, PolicyEngine, PolicySource, PolicyVersion, PoolInfo, Rollback, RouterInstance,
+    RouterPolicy, RouterSlot, SwapOptions, SwapReport, BUILTIN_COMPAT_RULES, BUILTIN_CONFIG_RULES,
 };
 use crate::pool::{AdminError, CallError, CallOutput, CallRequest, ErrorKind, Pool, PoolServices, PoolStatus};
 use crate::worker::{Spawner, WorkerRecords};
+use rules::{HostRules, RulesSlot};
 
 pub struct Host {
     config: Config,
@@ -35,13 +38,25 @@ pub struct Host {
     engine: PolicyEngine,
     /// `router_watch` tasks, stopped at shutdown.
     watchers: Vec<tokio::task::JoinHandle<()>>,
+    rules: Mutex<HostRules>,
     _lock: Flock<File>,
 }
 
-/// One pool's routing policies: the live one and those live before it.
+/// Which policy a history is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// A pool's router.
+    Router,
+    /// The host's config or compat rules.
+    Rules(RulesKind),
+}
+
+/// One policy's versions: the live one and those live before it.
 #[derive(Clone, Debug)]
 pub struct PoolPolicies {
+    /// The pool, for a router; empty for the host-wide rules.
     pub pool: String,
+    pub kind: PolicyKind,
     /// Newest first: `history[0]` is live.
     pub history: Vec<PolicyVersion>,
     /// Whether there is a version to roll back to.
@@ -79,6 +94,14 @@ impl Host {
 
         let engine = PolicyEngine::new(config.host.policy_cache.clone())?;
         preflight::preflight(&engine, &config)?;
+        let started_with = |spec: &str, builtins| -> Result<RulesSlot> {
+            let wasm = PolicySource::parse_from(spec, builtins)?.read()?;
+            Ok(RulesSlot::started_with(spec, &PluginMeta::of(&wasm)))
+        };
+        let rules = Mutex::new(HostRules {
+            config: started_with(&config.host.config_rules, BUILTIN_CONFIG_RULES)?,
+            compat: started_with(&config.host.compat_rules, BUILTIN_COMPAT_RULES)?,
+        });
         let services = PoolServices {
             spawner: Spawner::start(tokio::runtime::Handle::current()).context("cannot start the worker spawner")?,
             records,
@@ -116,7 +139,7 @@ impl Host {
                 Some(watch::spawn(path, engine.clone(), slot, info, limits))
             })
             .collect();
-        Ok(Host { config, pools, engine, watchers, _lock: lock })
+        Ok(Host { config, pools, engine, watchers, rules, _lock: lock })
     }
 
     pub fn config(&self) -> &Config {
@@ -188,10 +211,64 @@ impl Host {
             .iter()
             .map(|(name, served)| PoolPolicies {
                 pool: name.clone(),
+                kind: PolicyKind::Router,
                 history: served.router.history(),
                 can_roll_back: served.router.has_last_good(),
             })
             .collect()
+    }
+
+    /// Every policy's history: each pool's router, then the host-wide
+    /// config rules and compat rules (with an empty `pool`).
+    pub fn policies(&self) -> Vec<PoolPolicies> {
+        let mut all = self.router_policies();
+        let mut rules = self.lock_rules();
+        for kind in [RulesKind::Config, RulesKind::Compat] {
+            let slot = rules.slot(kind);
+            all.push(PoolPolicies {
+                pool: String::new(),
+                kind: PolicyKind::Rules(kind),
+                history: slot.history(),
+                can_roll_back: slot.can_roll_back(),
+            });
+        }
+        all
+    }
+
+    /// Checks `candidate` as the host's `kind` rules: loaded and
+    /// statically checked like a router, then the running config is checked
+    /// under it, and a candidate under which it would be invalid is
+    /// refused. Unless refused or a dry run, it becomes the live version.
+    pub async fn swap_rules(
+        &self,
+        kind: RulesKind,
+        candidate: Candidate,
+        options: SwapOptions,
+    ) -> Result<SwapReport, AdminError> {
+        let (engine, config, check_options) = (self.engine.clone(), self.config.clone(), options.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            rules::check_candidate(&engine, &config, kind, candidate, &check_options)
+        })
+        .await;
+        let (mut report, version) =
+            checked.map_err(|err| AdminError::Refused(format!("the rules check stopped: {err}")))?;
+        if let (Some(version), false) = (version, options.dry_run) {
+            rules::promote(self.lock_rules().slot(kind), kind, version, &mut report, &options.requested_by);
+        }
+        Ok(report)
+    }
+
+    /// Puts back the `kind` rules the live ones replaced; returns the
+    /// labels of the restored and the replaced versions.
+    pub fn rollback_rules(&self, kind: RulesKind, by: &str) -> Result<(String, String), AdminError> {
+        let rolled = self.lock_rules().slot(kind).rollback(kind, format!("rollback by {by}"));
+        let (restored, replaced) = rolled.map_err(AdminError::Refused)?;
+        tracing::warn!(kind = kind.as_str(), %restored, %replaced, by, "rules rolled back");
+        Ok((restored, replaced))
+    }
+
+    fn lock_rules(&self) -> std::sync::MutexGuard<'_, HostRules> {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn pool_config(&self, pool: &str) -> &PoolConfig {

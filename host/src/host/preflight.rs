@@ -39,12 +39,16 @@ pub fn preflight(engine: &PolicyEngine, config: &Config) -> Result<()> {
 }
 
 fn check_thread_pools(engine: &PolicyEngine, config: &Config) -> Result<()> {
-    let thread_pools: Vec<_> = config.pools.iter().filter(|pool| pool.profile == Profile::Thread).collect();
-    if thread_pools.is_empty() {
+    if !config.pools.iter().any(|pool| pool.profile == Profile::Thread) {
         return Ok(());
     }
+    check_thread_pools_with(&CompatRules::load(engine, &config.host.compat_rules)?, config)
+}
+
+/// The compat check of every thread pool of `config` under `rules`.
+pub(super) fn check_thread_pools_with(rules: &CompatRules, config: &Config) -> Result<()> {
+    let thread_pools: Vec<_> = config.pools.iter().filter(|pool| pool.profile == Profile::Thread).collect();
     let deny = config.host.compat_enforce == Enforcement::Deny;
-    let rules = CompatRules::load(engine, &config.host.compat_rules)?;
     let cache = config.host.python_cache();
     let mut refused = Vec::new();
     for pool in thread_pools {

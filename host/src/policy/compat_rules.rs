@@ -73,10 +73,14 @@ pub struct CompatRules {
 impl CompatRules {
     /// Loads `spec` (`builtin:NAME` or a component path).
     pub fn load(engine: &PolicyEngine, spec: &str) -> Result<Self> {
-        let source = PolicySource::parse_from(spec, BUILTIN_COMPAT_RULES)?;
+        Self::from_source(engine, &PolicySource::parse_from(spec, BUILTIN_COMPAT_RULES)?)
+    }
+
+    /// Loads the rules at `source`, which may be uploaded bytes.
+    pub fn from_source(engine: &PolicyEngine, source: &PolicySource) -> Result<Self> {
         let component = RulesComponent::load(
             engine,
-            &source,
+            source,
             "compat rules",
             "export_compat_rules",
             GuestIndices::new,

@@ -33,10 +33,14 @@ pub struct ConfigRules {
 impl ConfigRules {
     /// Loads `spec` (`builtin:NAME` or a component path).
     pub fn load(engine: &PolicyEngine, spec: &str) -> Result<Self> {
-        let source = PolicySource::parse_from(spec, BUILTIN_CONFIG_RULES)?;
+        Self::from_source(engine, &PolicySource::parse_from(spec, BUILTIN_CONFIG_RULES)?)
+    }
+
+    /// Loads the rules at `source`, which may be uploaded bytes.
+    pub fn from_source(engine: &PolicyEngine, source: &PolicySource) -> Result<Self> {
         let component = RulesComponent::load(
             engine,
-            &source,
+            source,
             "config rules",
             "export_config_rules",
             GuestIndices::new,
@@ -69,7 +73,11 @@ impl ConfigRules {
 /// of the host the rules left unflagged. An error means the host must not
 /// start it. Fails only when the rules cannot be loaded or fault.
 pub fn check_config(engine: &PolicyEngine, config: &Config) -> Result<Vec<Diagnostic>> {
-    let rules = ConfigRules::load(engine, &config.host.config_rules)?;
+    check_config_with(&ConfigRules::load(engine, &config.host.config_rules)?, config)
+}
+
+/// [`check_config`] with `rules` in place of the config's own.
+pub fn check_config_with(rules: &ConfigRules, config: &Config) -> Result<Vec<Diagnostic>> {
     let verdict = rules
         .validate(config)
         .map_err(|fault| anyhow::anyhow!("config rules {} ({}) failed: {fault}", rules.label(), rules.meta()))?;

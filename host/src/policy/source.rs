@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
@@ -59,11 +60,13 @@ pub static BUILTIN_COMPAT_RULES: &[BuiltinPlugin] = &[BuiltinPlugin {
 
 const BUILTIN_PREFIX: &str = "builtin:";
 
-/// A policy reference as written in config or on the command line.
+/// A policy reference as written in config or on the command line, or
+/// bytes handed to a swap.
 #[derive(Clone)]
 pub enum PolicySource {
     Builtin(&'static BuiltinPlugin),
     File(PathBuf),
+    Uploaded { label: String, wasm: Arc<[u8]> },
 }
 
 impl PolicySource {
@@ -98,6 +101,7 @@ impl PolicySource {
             PolicySource::File(path) => std::fs::read(path)
                 .map(Cow::Owned)
                 .with_context(|| format!("cannot read policy component {}", path.display())),
+            PolicySource::Uploaded { wasm, .. } => Ok(Cow::Owned(wasm.to_vec())),
         }
     }
 }
@@ -107,6 +111,7 @@ impl fmt::Display for PolicySource {
         match self {
             PolicySource::Builtin(builtin) => write!(f, "{BUILTIN_PREFIX}{}", builtin.name),
             PolicySource::File(path) => write!(f, "{}", path.display()),
+            PolicySource::Uploaded { label, .. } => f.write_str(label),
         }
     }
 }

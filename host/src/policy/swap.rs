@@ -49,10 +49,13 @@ pub enum SwapStage {
     Check,
     Init,
     Replay,
+    /// Rules only: the running config checked under the candidate.
+    Revalidate,
 }
 
 impl SwapStage {
-    pub const ALL: [SwapStage; 4] = [SwapStage::Load, SwapStage::Check, SwapStage::Init, SwapStage::Replay];
+    pub const ALL: [SwapStage; 5] =
+        [SwapStage::Load, SwapStage::Check, SwapStage::Init, SwapStage::Replay, SwapStage::Revalidate];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,6 +63,7 @@ impl SwapStage {
             SwapStage::Check => "static checks",
             SwapStage::Init => "init",
             SwapStage::Replay => "replay",
+            SwapStage::Revalidate => "revalidation of the running config",
         }
     }
 
@@ -127,15 +131,8 @@ pub fn swap_router(
         report
     };
 
-    if candidate.wasm.len() > MAX_COMPONENT_BYTES {
-        let reason = format!("it is {} bytes, over the limit of {MAX_COMPONENT_BYTES} bytes", candidate.wasm.len());
+    if let Err(reason) = load_gate(&candidate, &meta, options) {
         return refuse(report, SwapStage::Load, reason);
-    }
-    if let Some(expected) = &options.expected_sha256 {
-        if !expected.eq_ignore_ascii_case(&meta.sha256) {
-            let reason = format!("its sha256 is {}, not the expected {expected}", meta.sha256);
-            return refuse(report, SwapStage::Load, reason);
-        }
     }
     let policy = match RouterPolicy::from_bytes(
         engine,
@@ -165,6 +162,20 @@ pub fn swap_router(
     report.replaced = Some(replaced.label().to_owned());
     report.elapsed = started.elapsed();
     report
+}
+
+/// The load step of every kind of swap: the size limit and the expected
+/// sha256.
+pub fn load_gate(candidate: &Candidate, meta: &PluginMeta, options: &SwapOptions) -> Result<(), String> {
+    if candidate.wasm.len() > MAX_COMPONENT_BYTES {
+        return Err(format!("it is {} bytes, over the limit of {MAX_COMPONENT_BYTES} bytes", candidate.wasm.len()));
+    }
+    match &options.expected_sha256 {
+        Some(expected) if !expected.eq_ignore_ascii_case(&meta.sha256) => {
+            Err(format!("its sha256 is {}, not the expected {expected}", meta.sha256))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn promote(slot: &RouterSlot, policy: Arc<RouterPolicy>, options: &SwapOptions) -> Arc<RouterPolicy> {
