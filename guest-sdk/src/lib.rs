@@ -93,6 +93,7 @@ pub mod bindings {
 
 mod rules;
 mod slots;
+pub mod testing;
 
 pub use slots::WorkerSlots;
 

@@ -70,10 +70,7 @@ impl WorkerSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn worker(id: u32, state: WorkerState) -> WorkerView {
-        WorkerView { id, capacity: 1, in_flight: 0, served: 0, age_ms: 0, rss_bytes: 0, state }
-    }
+    use crate::testing::worker;
 
     #[test]
     fn a_replacement_takes_the_slot_of_the_worker_it_replaces() {

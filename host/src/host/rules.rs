@@ -127,17 +127,8 @@ pub(super) fn check_candidate(
     options: &SwapOptions,
 ) -> (SwapReport, Option<RulesVersion>) {
     let started = Instant::now();
-    let meta = PluginMeta::of(&candidate.wasm);
-    let mut report = SwapReport {
-        pool: String::new(),
-        candidate: candidate.label.clone(),
-        meta: meta.clone(),
-        compiled_from_cache: false,
-        replay: None,
-        refused: None,
-        replaced: None,
-        elapsed: started.elapsed(),
-    };
+    let mut report = SwapReport::new("", &candidate);
+    let meta = report.meta.clone();
     let outcome = (|| {
         load_gate(&candidate, &meta, options).map_err(|why| (SwapStage::Load, why))?;
         let source = PolicySource::Uploaded { label: candidate.label.clone(), wasm: candidate.wasm.into() };

@@ -97,6 +97,20 @@ pub struct SwapReport {
 }
 
 impl SwapReport {
+    /// The report of a candidate not checked yet.
+    pub fn new(pool: &str, candidate: &Candidate) -> Self {
+        SwapReport {
+            pool: pool.to_owned(),
+            candidate: candidate.label.clone(),
+            meta: PluginMeta::of(&candidate.wasm),
+            compiled_from_cache: false,
+            replay: None,
+            refused: None,
+            replaced: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
     pub fn promoted(&self) -> bool {
         self.replaced.is_some()
     }
@@ -113,17 +127,8 @@ pub fn swap_router(
     options: &SwapOptions,
 ) -> SwapReport {
     let started = Instant::now();
-    let meta = PluginMeta::of(&candidate.wasm);
-    let mut report = SwapReport {
-        pool: pool.name.clone(),
-        candidate: candidate.label.clone(),
-        meta: meta.clone(),
-        compiled_from_cache: false,
-        replay: None,
-        refused: None,
-        replaced: None,
-        elapsed: Duration::ZERO,
-    };
+    let mut report = SwapReport::new(&pool.name, &candidate);
+    let meta = report.meta.clone();
     let refuse = |mut report: SwapReport, stage, reason: String| {
         tracing::warn!(pool = %report.pool, candidate = %report.candidate, plugin = %report.meta, %stage, %reason, "routing policy candidate refused; the live one keeps serving");
         report.refused = Some((stage, reason));

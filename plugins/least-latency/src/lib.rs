@@ -98,30 +98,10 @@ pitboss_guest::export_router!(LeastLatency, with_completion);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pitboss_guest::{Profile, WorkerState};
+    use pitboss_guest::testing::ready_workers as workers;
 
     fn pool(options: &[(&str, &str)]) -> PoolInfo {
-        PoolInfo {
-            name: "p".into(),
-            profile: Profile::Process,
-            size: 4,
-            threads_per_worker: 1,
-            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        }
-    }
-
-    fn workers(n: u32) -> Vec<WorkerView> {
-        (0..n)
-            .map(|id| WorkerView {
-                id,
-                capacity: 1,
-                in_flight: 0,
-                served: 0,
-                age_ms: 0,
-                rss_bytes: 0,
-                state: WorkerState::Ready,
-            })
-            .collect()
+        pitboss_guest::testing::pool(4, options)
     }
 
     fn request() -> RequestView {

@@ -48,11 +48,8 @@ pitboss_guest::export_router!(SessionAffinity);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pitboss_guest::testing::worker;
     use pitboss_guest::WorkerState;
-
-    fn worker(id: u32, state: WorkerState) -> WorkerView {
-        WorkerView { id, capacity: 1, in_flight: 0, served: 0, age_ms: 0, rss_bytes: 0, state }
-    }
 
     fn request(session: &str) -> RequestView {
         RequestView { tool: "t".into(), session: Some(session.into()), payload_size: 0, metadata: Vec::new() }
@@ -69,13 +66,7 @@ mod tests {
 
     #[test]
     fn a_recycled_worker_hands_only_its_sessions_to_its_replacement() {
-        let info = PoolInfo {
-            name: "p".into(),
-            profile: pitboss_guest::Profile::Process,
-            size: 4,
-            threads_per_worker: 1,
-            options: Vec::new(),
-        };
+        let info = pitboss_guest::testing::pool(4, &[]);
         let mut router = SessionAffinity::init(info).unwrap();
         let before = place(&mut router, &(0..4).map(|id| worker(id, WorkerState::Ready)).collect::<Vec<_>>());
         for id in 0..4 {

@@ -95,30 +95,14 @@ pitboss_guest::export_router!(WeightedTools);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pitboss_guest::{Profile, WorkerState};
+    use pitboss_guest::testing::ready_workers;
 
     fn pool(options: &[(&str, &str)]) -> PoolInfo {
-        PoolInfo {
-            name: "p".into(),
-            profile: Profile::Process,
-            size: 4,
-            threads_per_worker: 1,
-            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        }
+        pitboss_guest::testing::pool(4, options)
     }
 
     fn workers() -> Vec<WorkerView> {
-        (0..4)
-            .map(|id| WorkerView {
-                id,
-                capacity: 1,
-                in_flight: 0,
-                served: 0,
-                age_ms: 0,
-                rss_bytes: 0,
-                state: WorkerState::Ready,
-            })
-            .collect()
+        ready_workers(4)
     }
 
     fn route(router: &mut WeightedTools, tool: &str, workers: &[WorkerView]) -> Decision {
