@@ -6,8 +6,8 @@
 //!
 //! A policy's streams are its stdout and stderr (the host log, which never
 //! blocks) and a closed stdin, so the "blocking" stream calls finish at
-//! once; they run wasmtime-wasi's own code on a short-lived thread outside
-//! the runtime. Waiting on a pollable (a sleep, a blocked read) is refused
+//! once: a write the stream can take now is done in place; the rest run
+//! wasmtime-wasi's own code on a short-lived thread outside the runtime. Waiting on a pollable (a sleep, a blocked read) is refused
 //! with a trap: a policy decides from its inputs, it never waits.
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -61,7 +61,10 @@ impl streams::Host for NonBlocking<'_> {
 
 impl streams::HostOutputStream for NonBlocking<'_> {
     fn drop(&mut self, stream: Resource<OutputStream>) -> wasmtime::Result<()> {
-        self.off_runtime(|table| streams::HostOutputStream::drop(table, stream))
+        // A policy's output streams write synchronously: nothing is left in
+        // flight to cancel, so dropping is deleting.
+        self.0.delete(stream)?;
+        Ok(())
     }
 
     fn check_write(&mut self, stream: Resource<OutputStream>) -> StreamResult<u64> {
@@ -73,6 +76,12 @@ impl streams::HostOutputStream for NonBlocking<'_> {
     }
 
     fn blocking_write_and_flush(&mut self, stream: Resource<OutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+        // The host log takes any line at once: write it here, no thread.
+        let ready = self.0.get_mut(&stream).map_err(|err| StreamError::Trap(err.into()))?;
+        if bytes.len() <= 4096 && ready.check_write()? >= bytes.len() {
+            ready.write(bytes.into())?;
+            return ready.flush();
+        }
         self.off_runtime(|table| streams::HostOutputStream::blocking_write_and_flush(table, stream, bytes))
     }
 
@@ -93,7 +102,8 @@ impl streams::HostOutputStream for NonBlocking<'_> {
     }
 
     fn blocking_flush(&mut self, stream: Resource<OutputStream>) -> StreamResult<()> {
-        self.off_runtime(|table| streams::HostOutputStream::blocking_flush(table, stream))
+        // The host log flushes synchronously: done when `flush` returns.
+        self.0.get_mut(&stream).map_err(|err| StreamError::Trap(err.into()))?.flush()
     }
 
     fn splice(&mut self, dst: Resource<OutputStream>, src: Resource<InputStream>, len: u64) -> StreamResult<u64> {
@@ -112,7 +122,9 @@ impl streams::HostOutputStream for NonBlocking<'_> {
 
 impl streams::HostInputStream for NonBlocking<'_> {
     fn drop(&mut self, stream: Resource<InputStream>) -> wasmtime::Result<()> {
-        self.off_runtime(|table| streams::HostInputStream::drop(table, stream))
+        // A policy's only input stream is its closed stdin.
+        self.0.delete(stream)?;
+        Ok(())
     }
 
     fn read(&mut self, stream: Resource<InputStream>, len: u64) -> StreamResult<Vec<u8>> {
