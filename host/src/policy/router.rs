@@ -348,25 +348,23 @@ impl RouterInstance {
     /// reported in the result and the native least-loaded rule decides.
     pub fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Routed {
         self.stats.decisions.fetch_add(1, Ordering::Relaxed);
-        let outcome = match self.ensure_live() {
-            None => {
-                let routed = self.fallback(workers, None);
-                self.slot.decisions().record(request, workers, &routed.decision);
-                return routed;
-            }
-            Some(Err(fault)) => Err(fault),
-            Some(Ok(())) => {
-                let live = self.live.as_mut().expect("ensure_live built the instance");
-                live.route(&self.policy.limits, request, workers)
-                    .and_then(|decision| check_decision(&decision, workers).map(|()| decision))
-            }
-        };
-        self.policy.usage.decisions.fetch_add(1, Ordering::Relaxed);
-        let routed = match outcome {
-            Ok(decision) => Routed { decision, fallback: false, fault: None },
-            Err(fault) => {
-                self.record_fault(&fault);
-                self.fallback(workers, Some(fault))
+        let routed = match self.ensure_live() {
+            // Waiting out a failed rebuild: the native rule decides.
+            None => self.fallback(workers, None),
+            Some(ready) => {
+                let outcome = ready.and_then(|()| {
+                    let live = self.live.as_mut().expect("ensure_live built the instance");
+                    let decision = live.route(&self.policy.limits, request, workers)?;
+                    check_decision(&decision, workers).map(|()| decision)
+                });
+                self.policy.usage.decisions.fetch_add(1, Ordering::Relaxed);
+                match outcome {
+                    Ok(decision) => Routed { decision, fallback: false, fault: None },
+                    Err(fault) => {
+                        self.record_fault(&fault);
+                        self.fallback(workers, Some(fault))
+                    }
+                }
             }
         };
         self.slot.decisions().record(request, workers, &routed.decision);
