@@ -114,8 +114,12 @@ fn host_config(raw: &mut Table, base: &Path) -> HostConfig {
         api_address,
         policy_cache: raw.string("policy_cache").map(|dir| base.join(dir)).or_else(default_policy_cache),
         shutdown_grace: raw.duration("shutdown_grace").unwrap_or(Duration::from_secs(10)),
-        config_rules: raw.string("config_rules").unwrap_or_else(|| DEFAULT_CONFIG_RULES.to_owned()),
-        compat_rules: raw.string("compat_rules").unwrap_or_else(|| DEFAULT_COMPAT_RULES.to_owned()),
+        config_rules: raw
+            .string("config_rules")
+            .map_or_else(|| DEFAULT_CONFIG_RULES.to_owned(), |p| policy_ref(p, base)),
+        compat_rules: raw
+            .string("compat_rules")
+            .map_or_else(|| DEFAULT_COMPAT_RULES.to_owned(), |p| policy_ref(p, base)),
         compat_enforce: raw
             .choice("compat_enforce", "an enforcement", &[("warn", Enforcement::Warn), ("deny", Enforcement::Deny)])
             .unwrap_or(Enforcement::Warn),
@@ -185,7 +189,7 @@ fn read_pool(
         python,
         python_path: raw.strings("python_path").iter().map(|p| base.join(p)).collect(),
         working_dir: base.to_owned(),
-        router: raw.string("router").unwrap_or_else(|| DEFAULT_ROUTER.to_owned()),
+        router: raw.string("router").map_or_else(|| DEFAULT_ROUTER.to_owned(), |p| policy_ref(p, base)),
         router_options: raw.string_map("router_options"),
         router_watch: raw.boolean("router_watch").unwrap_or(false),
         router_limits,
@@ -249,6 +253,16 @@ pub fn resolve_interpreter(pool: Option<&Path>, host: Option<&Path>) -> Interpre
 
 fn default_pool_size() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// A policy reference with a relative component path resolved against the
+/// config's folder, like every other path in the file; `builtin:NAME` and
+/// an empty value (refused when the policy loads) stay as written.
+fn policy_ref(written: String, base: &Path) -> String {
+    if written.is_empty() || written.starts_with("builtin:") {
+        return written;
+    }
+    base.join(written).display().to_string()
 }
 
 /// Where a host's admin socket is when `admin_address` is not set.

@@ -282,3 +282,14 @@ fallback_profile = "thread"
     );
     assert!(parse(GOOD).unwrap().hard_limits().is_empty());
 }
+
+#[test]
+fn relative_policy_paths_resolve_against_the_config_folder() {
+    let text = "[host]\nconfig_rules = \"rules/site.wasm\"\n\n[[pool]]\nname = \"p\"\nadapter = \"m\"\nrouter = \"routers/mine.wasm\"\n";
+    let config = parse(text).unwrap();
+    assert_eq!(config.host.config_rules, "/etc/pitboss/rules/site.wasm");
+    assert_eq!(config.host.compat_rules, "builtin:compat-rules");
+    assert_eq!(config.pools[0].router, "/etc/pitboss/routers/mine.wasm");
+    let absolute = parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\nrouter = \"/opt/r.wasm\"\n").unwrap();
+    assert_eq!(absolute.pools[0].router, "/opt/r.wasm");
+}
