@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, MissedTickBehavior};
 
 use super::call::{AdminError, CallError, CallOutput, CallRequest, ErrorKind};
-use super::core::{Core, Effect, Input, Sample, StopSignal, WorkerReady};
+use super::core::{Completion, Core, Effect, Input, Sample, StopSignal, WorkerReady};
 use super::routing::Router;
 use super::status::PoolStatus;
 use super::PoolServices;
@@ -29,32 +29,12 @@ const MAX_HEALTH_PERIOD: Duration = Duration::from_secs(1);
 pub(super) type Reply = oneshot::Sender<Result<CallOutput, CallError>>;
 
 pub(super) enum Event {
-    Submit {
-        request: CallRequest,
-        reply: Reply,
-    },
-    Finished {
-        worker: u32,
-        request_id: u64,
-        deadline: Instant,
-        tool: String,
-        ok: bool,
-        latency: Duration,
-        timed_out: bool,
-    },
-    Started {
-        id: u32,
-        outcome: Result<WorkerHandle, StartError>,
-    },
-    Recycle {
-        worker: u32,
-        reply: oneshot::Sender<Result<(), AdminError>>,
-    },
+    Submit { request: CallRequest, reply: Reply },
+    Finished(Completion),
+    Started { id: u32, outcome: Result<WorkerHandle, StartError> },
+    Recycle { worker: u32, reply: oneshot::Sender<Result<(), AdminError>> },
     Status(oneshot::Sender<PoolStatus>),
-    Shutdown {
-        grace: Duration,
-        done: oneshot::Sender<()>,
-    },
+    Shutdown { grace: Duration, done: oneshot::Sender<()> },
 }
 
 /// Starts the pool's task and its first workers. The receiver says when
@@ -150,9 +130,7 @@ impl Driver {
         let now = Instant::now();
         Some(match event {
             Event::Submit { request, reply } => Input::Submit { request, reply },
-            Event::Finished { worker, request_id, deadline, tool, ok, latency, timed_out } => {
-                Input::Finished { worker, request_id, deadline, tool, ok, latency, timed_out }
-            }
+            Event::Finished(call) => Input::Finished(call),
             Event::Started { id, outcome } => {
                 let outcome = outcome.map(|handle| {
                     let ready = WorkerReady {
@@ -209,8 +187,15 @@ impl Effector {
                     // pool's status after its answer never sees its call
                     // still in flight.
                     let ok = result.is_ok();
-                    let finished =
-                        Event::Finished { worker, request_id, deadline, tool, ok, latency: duration, timed_out };
+                    let finished = Event::Finished(Completion {
+                        worker,
+                        request_id,
+                        deadline,
+                        tool,
+                        ok,
+                        latency: duration,
+                        timed_out,
+                    });
                     notify(&events, finished);
                     let _ = reply.send(result);
                 });

@@ -43,16 +43,7 @@ pub(super) enum Input<R> {
         reply: R,
     },
     /// A call the core sent ([`Effect::Call`]) has its outcome.
-    Finished {
-        worker: u32,
-        request_id: u64,
-        deadline: Instant,
-        tool: String,
-        ok: bool,
-        latency: Duration,
-        /// The call was abandoned at its deadline ([`Effect::Abandon`]).
-        timed_out: bool,
-    },
+    Finished(Completion),
     /// A worker the core started ([`Effect::Start`]) said hello, or failed.
     Started {
         id: u32,
@@ -73,6 +64,20 @@ pub(super) enum Input<R> {
     Shutdown {
         grace: Duration,
     },
+}
+
+/// How a call the core sent ([`Effect::Call`]) ended.
+#[derive(Clone, Debug)]
+pub(super) struct Completion {
+    pub worker: u32,
+    pub request_id: u64,
+    /// The call's deadline, as [`Effect::Call`] gave it.
+    pub deadline: Instant,
+    pub tool: String,
+    pub ok: bool,
+    pub latency: Duration,
+    /// The call was abandoned at its deadline ([`Effect::Abandon`]).
+    pub timed_out: bool,
 }
 
 /// A worker that said hello.
@@ -311,9 +316,9 @@ impl<R> Core<R> {
     pub fn on(&mut self, input: Input<R>, now: Instant) -> std::vec::Drain<'_, Effect<R>> {
         match input {
             Input::Submit { request, reply } => self.submit(request, reply, now),
-            Input::Finished { worker, request_id, deadline, tool, ok, latency, timed_out } => {
-                self.call_deadlines.remove(&(deadline, request_id, worker));
-                self.finished(worker, &tool, ok, latency, timed_out, now);
+            Input::Finished(call) => {
+                self.call_deadlines.remove(&(call.deadline, call.request_id, call.worker));
+                self.finished(call.worker, &call.tool, call.ok, call.latency, call.timed_out, now);
             }
             Input::Started { id, outcome } => self.started(id, outcome, now),
             Input::Exited { id, status } => self.exited(id, &status, now),

@@ -101,7 +101,7 @@ impl Harness {
 
     /// Finishes the call `Effect::Call` sent to `worker` for `caller`.
     fn finish(&mut self, call: &Call, ok: bool) -> &[Effect<Caller>] {
-        self.on(Input::Finished {
+        self.on(Input::Finished(Completion {
             worker: call.worker,
             request_id: call.request_id,
             deadline: call.deadline,
@@ -109,7 +109,7 @@ impl Harness {
             ok,
             latency: Duration::from_millis(1),
             timed_out: false,
-        })
+        }))
     }
 
     fn status(&self) -> crate::pool::PoolStatus {
@@ -294,7 +294,7 @@ fn a_call_past_its_deadline_is_abandoned_and_its_process_worker_killed() {
     assert_eq!(call.deadline, pool.now + Duration::from_secs(2));
     let effects = pool.advance(Duration::from_secs(2));
     assert!(matches!(effects, [Effect::Abandon { worker: 0, request_id }] if *request_id == call.request_id));
-    let effects = pool.on(Input::Finished {
+    let effects = pool.on(Input::Finished(Completion {
         worker: 0,
         request_id: call.request_id,
         deadline: call.deadline,
@@ -302,7 +302,7 @@ fn a_call_past_its_deadline_is_abandoned_and_its_process_worker_killed() {
         ok: false,
         latency: Duration::from_secs(2),
         timed_out: true,
-    });
+    }));
     assert!(effects.iter().any(|e| matches!(e, Effect::Kill { worker: 0 })), "{effects:?}");
     assert_eq!(starts(pool.exit(0)), [1], "its exit starts the replacement");
     assert_eq!(pool.status().recycles.get(Reason::Timeout), 1);
