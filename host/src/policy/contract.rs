@@ -161,47 +161,35 @@ component_type_as!(RequestView => RequestViewRecord<'static>);
 component_type_as!(Decision => WitDecision);
 component_type_as!(WorkerView => WorkerViewRecord);
 
-// SAFETY: lowers exactly what the mirror lowers.
-unsafe impl Lower for WorkerState {
-    fn linear_lower_to_flat<T>(
-        &self,
-        cx: &mut LowerContext<'_, T>,
-        ty: InterfaceType,
-        dst: &mut std::mem::MaybeUninit<Self::Lower>,
-    ) -> wasmtime::Result<()> {
-        WitWorkerState::from(*self).linear_lower_to_flat(cx, ty, dst)
-    }
+/// Implements `Lower` for a pool type by lowering the mirror `$mirror`
+/// makes of it.
+macro_rules! lower_as {
+    ($host:ty, $mirror:expr) => {
+        // SAFETY: lowers exactly what the mirror lowers.
+        unsafe impl Lower for $host {
+            fn linear_lower_to_flat<T>(
+                &self,
+                cx: &mut LowerContext<'_, T>,
+                ty: InterfaceType,
+                dst: &mut std::mem::MaybeUninit<Self::Lower>,
+            ) -> wasmtime::Result<()> {
+                ($mirror)(self).linear_lower_to_flat(cx, ty, dst)
+            }
 
-    fn linear_lower_to_memory<T>(
-        &self,
-        cx: &mut LowerContext<'_, T>,
-        ty: InterfaceType,
-        offset: usize,
-    ) -> wasmtime::Result<()> {
-        WitWorkerState::from(*self).linear_lower_to_memory(cx, ty, offset)
-    }
+            fn linear_lower_to_memory<T>(
+                &self,
+                cx: &mut LowerContext<'_, T>,
+                ty: InterfaceType,
+                offset: usize,
+            ) -> wasmtime::Result<()> {
+                ($mirror)(self).linear_lower_to_memory(cx, ty, offset)
+            }
+        }
+    };
 }
 
-// SAFETY: lowers exactly what the borrowing mirror lowers.
-unsafe impl Lower for RequestView {
-    fn linear_lower_to_flat<T>(
-        &self,
-        cx: &mut LowerContext<'_, T>,
-        ty: InterfaceType,
-        dst: &mut std::mem::MaybeUninit<Self::Lower>,
-    ) -> wasmtime::Result<()> {
-        request_record(self).linear_lower_to_flat(cx, ty, dst)
-    }
-
-    fn linear_lower_to_memory<T>(
-        &self,
-        cx: &mut LowerContext<'_, T>,
-        ty: InterfaceType,
-        offset: usize,
-    ) -> wasmtime::Result<()> {
-        request_record(self).linear_lower_to_memory(cx, ty, offset)
-    }
-}
+lower_as!(WorkerState, |state: &WorkerState| WitWorkerState::from(*state));
+lower_as!(RequestView, request_record);
 
 // SAFETY: lifts with the mirror, then moves its fields over.
 unsafe impl Lift for Decision {
