@@ -17,7 +17,7 @@ async fn free_threaded_python_runs_two_cpu_bound_calls_at_once_on_one_worker() {
     let settings = "size = 1\nprofile = \"thread\"\nthreads_per_worker = 2";
     let host = start_ready(config_with_python(dir.path(), &free_threaded_python(), TOOLS, settings)).await;
     let host = Arc::new(host);
-    let facts = host.status().await[0].facts.clone().expect("facts");
+    let facts = host.stats().await[0].facts.clone().expect("facts");
     assert!(facts.free_threaded_build && !facts.gil_enabled, "3.13t keeps the GIL off after the imports: {facts:?}");
     assert_eq!(facts.thread_safe, Some(true));
 

@@ -24,7 +24,7 @@ async fn start(settings: &str) -> (tempfile::TempDir, Arc<Host>) {
 }
 
 async fn pool_status(host: &Host) -> PoolStatus {
-    host.status().await.remove(0)
+    host.stats().await.remove(0)
 }
 
 fn request(tool: &str, args: Value) -> CallRequest {

@@ -200,7 +200,7 @@ async fn a_policy_that_starts_faulting_is_rolled_back_by_the_circuit_breaker() {
     let faulty = &policies.history[1];
     assert_eq!((faulty.faults, faulty.ended.is_some()), (3, true), "{faulty:#?}");
     assert_eq!(json_call(&host, "add", json!({"a": 1, "b": 1})).await, json!(2));
-    assert_eq!(host.status().await[0].router.policy, "builtin:least-loaded");
+    assert_eq!(host.stats().await[0].router.policy, "builtin:least-loaded");
     host.shutdown().await;
 }
 

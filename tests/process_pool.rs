@@ -32,12 +32,12 @@ fn spawn_call(host: &Arc<Host>, tool: &str, args: Value) -> JoinHandle<Result<Ca
 /// Starts a `sleep(seconds)` call and waits until a worker holds it.
 async fn occupy_a_worker(host: &Arc<Host>, seconds: f64) -> JoinHandle<Result<CallOutput, CallError>> {
     let call = spawn_call(host, "sleep", json!({ "seconds": seconds }));
-    assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
+    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 1).await);
     call
 }
 
 async fn worker_pids(host: &Host) -> Vec<u32> {
-    host.status().await[0].workers.iter().map(|w| w.pid).collect()
+    host.stats().await[0].workers.iter().map(|w| w.pid).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +60,7 @@ async fn two_hundred_concurrent_calls_all_succeed_on_both_workers() {
         let output = call.await.unwrap().unwrap_or_else(|err| panic!("call {i}: {err}"));
         assert_eq!(serde_json::from_slice::<Value>(&output.payload).unwrap(), json!({"i": i}));
     }
-    let status = &host.status().await[0];
+    let status = &host.stats().await[0];
     assert_eq!(status.served, 200);
     assert_eq!(status.in_flight, 0);
     assert!(status.workers.iter().all(|w| w.served > 0), "both workers served: {:?}", status.workers);
@@ -103,7 +103,7 @@ async fn bad_requests_get_clear_errors_and_the_pool_keeps_serving() {
     assert_eq!(err.kind, ErrorKind::BadArguments, "{err}");
 
     assert_eq!(json_call(&host, "add", json!({"a": 40, "b": 2})).await, json!(42));
-    let status = &host.status().await[0];
+    let status = &host.stats().await[0];
     assert_eq!((status.ready, status.crashes, status.in_flight), (1, 0, 0));
     host.shutdown().await;
 }
@@ -116,7 +116,7 @@ async fn a_worker_killed_mid_call_fails_that_call_and_is_replaced() {
     let mut victim = 0;
     assert!(
         eventually(Duration::from_secs(5), async || {
-            let status = &host.status().await[0];
+            let status = &host.stats().await[0];
             victim = status.workers.iter().find(|w| w.in_flight == 1).map_or(0, |w| w.pid);
             victim != 0
         })
@@ -132,16 +132,16 @@ async fn a_worker_killed_mid_call_fails_that_call_and_is_replaced() {
     // moment before the pool has processed the exit: wait for both.
     assert!(
         eventually(Duration::from_secs(10), async || {
-            host.status().await[0].ready == 2 && !worker_pids(&host).await.contains(&victim)
+            host.stats().await[0].ready == 2 && !worker_pids(&host).await.contains(&victim)
         })
         .await,
         "the pool is back to size without the victim: {:?}",
-        host.status().await
+        host.stats().await
     );
     for i in 0..4 {
         assert_eq!(json_call(&host, "echo", json!({"i": i})).await, json!({"i": i}));
     }
-    let status = &host.status().await[0];
+    let status = &host.stats().await[0];
     assert_eq!(status.crashes, 1);
     assert_eq!(status.in_flight, 0);
     host.shutdown().await;
@@ -159,7 +159,7 @@ async fn a_call_past_its_timeout_fails_and_its_worker_is_replaced() {
     let started = Instant::now();
     assert_eq!(json_call(&host, "add", json!({"a": 1, "b": 2})).await, json!(3));
     assert!(started.elapsed() < Duration::from_secs(5), "the next call succeeds promptly");
-    let status = &host.status().await[0];
+    let status = &host.stats().await[0];
     assert_ne!(worker_pids(&host).await, before);
     assert_eq!((status.crashes, status.in_flight), (0, 0), "a timeout kill is no crash: {status:?}");
     host.shutdown().await;
@@ -190,7 +190,7 @@ async fn a_full_queue_refuses_at_once() {
     let host = Arc::new(host);
     let busy = occupy_a_worker(&host, 1.0).await;
     let queued = spawn_call(&host, "add", json!({"a": 1, "b": 1}));
-    assert!(eventually(Duration::from_secs(5), async || host.status().await[0].queued == 1).await);
+    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].queued == 1).await);
     let started = Instant::now();
     let err = host.execute("pool", call("add", json!({"a": 2, "b": 2}))).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Saturated, "{err}");

@@ -35,6 +35,8 @@ struct CallError {
     python_type: String,
     #[prost(string, tag = "4")]
     traceback: String,
+    #[prost(string, tag = "5")]
+    request_id: String,
 }
 
 /// What a client read from one failed call.
@@ -100,6 +102,8 @@ fn check_error_info(read: &Read, kind: &str) {
     let info = read.details.error_info().expect("an ErrorInfo");
     assert_eq!((info.reason.as_str(), info.domain.as_str()), (kind, "pitboss"));
     assert_eq!(info.metadata.get("pool").map(String::as_str), Some("pool"));
+    assert!(!read.call_error.request_id.is_empty(), "the host gave the call a request id");
+    assert_eq!(info.metadata.get("request_id"), Some(&read.call_error.request_id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,9 +136,13 @@ async fn an_exception_and_an_unknown_tool_read_the_same_from_rust_and_python() {
     assert_eq!(py_raised["call_error"]["kind"], "exception");
     assert_eq!(py_raised["call_error"]["python_type"], "ValueError");
     assert!(py_raised["call_error"]["traceback"].as_str().unwrap().contains("Traceback"), "{py_raised}");
+    let request_id = py_raised["call_error"]["request_id"].as_str().unwrap().to_owned();
+    assert!(!request_id.is_empty(), "{py_raised}");
+    assert_ne!(request_id, raised.call_error.request_id, "each call has its own id");
     assert_eq!(
         py_raised["error_info"],
-        json!({"reason": "exception", "domain": "pitboss", "metadata": {"pool": "pool", "tool": "fail"}})
+        json!({"reason": "exception", "domain": "pitboss",
+               "metadata": {"pool": "pool", "tool": "fail", "request_id": request_id}})
     );
     assert_eq!(py_unknown["code"], "NOT_FOUND", "{py_unknown}");
     assert_eq!(py_unknown["resource_info"], json!({"type": "pitboss.v1.Tool", "name": "nope", "owner": "pool/pool"}));
@@ -146,9 +154,9 @@ async fn a_saturated_pool_says_when_to_retry() {
     let served = serve("size = 1\nqueue_limit = 1").await;
     let host = served.host.clone();
     let busy = support::spawn_json_call(&host, "sleep", json!({"seconds": 3}));
-    assert!(eventually(Duration::from_secs(5), async || host.status().await[0].in_flight == 1).await);
+    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 1).await);
     let queued = support::spawn_json_call(&host, "add", json!({"a": 1, "b": 1}));
-    assert!(eventually(Duration::from_secs(5), async || host.status().await[0].queued == 1).await);
+    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].queued == 1).await);
 
     let refused = rust_client(&served.address, "add", json!({"a": 2, "b": 2})).await;
     assert_eq!((refused.code, refused.call_error.kind.as_str()), (Code::ResourceExhausted, "saturated"));
@@ -166,8 +174,8 @@ async fn a_saturated_pool_says_when_to_retry() {
 
 /// Kills the pool's only worker once it is running a call.
 async fn kill_the_busy_worker(host: &pitboss::Host) {
-    assert!(eventually(Duration::from_secs(10), async || host.status().await[0].in_flight == 1).await);
-    let pid = host.status().await[0].workers.iter().find(|w| w.in_flight == 1).unwrap().pid;
+    assert!(eventually(Duration::from_secs(10), async || host.stats().await[0].in_flight == 1).await);
+    let pid = host.stats().await[0].workers.iter().find(|w| w.in_flight == 1).unwrap().pid;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
 }
 
@@ -182,7 +190,7 @@ async fn a_worker_crash_reads_as_aborted_with_its_kind() {
     assert!(crashed.call_error.message.contains("SIGKILL"), "{crashed:?}");
     check_error_info(&crashed, "worker_crashed");
 
-    assert!(eventually(Duration::from_secs(20), async || host.status().await[0].ready == 1).await);
+    assert!(eventually(Duration::from_secs(20), async || host.stats().await[0].ready == 1).await);
     let address = served.address.clone();
     let python = tokio::task::spawn_blocking(move || python_client(&address, "sleep", json!({"seconds": 10})));
     kill_the_busy_worker(&host).await;

@@ -36,11 +36,11 @@ async fn session_affinity_keeps_most_sessions_on_their_worker_through_a_recycle(
 
     host.recycle("pool", 2).await.unwrap();
     let replaced = eventually(Duration::from_secs(30), async || {
-        let status = &host.status().await[0];
+        let status = &host.stats().await[0];
         status.ready == 4 && status.draining == 0 && status.workers.iter().all(|w| w.id != 2)
     })
     .await;
-    assert!(replaced, "worker 2 was not replaced: {:#?}", host.status().await);
+    assert!(replaced, "worker 2 was not replaced: {:#?}", host.stats().await);
 
     let after = homes(&host).await;
     let kept = before.iter().filter(|(session, worker)| after[*session] == **worker).count();
@@ -119,12 +119,12 @@ async fn weighted_tools_pins_a_tool_to_its_slot_across_a_recycle() {
 
     host.recycle("pool", pinned).await.unwrap();
     let replaced = eventually(Duration::from_secs(30), async || {
-        let status = &host.status().await[0];
+        let status = &host.stats().await[0];
         status.ready == 3 && status.draining == 0 && status.workers.iter().all(|w| w.id != pinned)
     })
     .await;
-    assert!(replaced, "{:#?}", host.status().await);
-    let newest = host.status().await[0].workers.iter().map(|w| w.id).max().unwrap();
+    assert!(replaced, "{:#?}", host.stats().await);
+    let newest = host.stats().await[0].workers.iter().map(|w| w.id).max().unwrap();
     assert_eq!(served_by("add").await, newest, "the replacement inherits the slot");
     host.shutdown().await;
 }

@@ -15,7 +15,7 @@ use support::{config_for, eventually, json_call, probe_two_threads, spawn_json_c
 const TOOLS: &str = "lifecycle:Tools";
 
 async fn pool_status(host: &Host) -> PoolStatus {
-    host.status().await.remove(0)
+    host.stats().await.remove(0)
 }
 
 async fn start(settings: &str) -> (tempfile::TempDir, Arc<Host>) {

@@ -46,7 +46,7 @@ async fn start_pool(python: &Path, settings: &str) -> (tempfile::TempDir, Arc<Ho
     std::fs::write(&path, text).unwrap();
     let host = Host::start(Config::load(&path).unwrap()).await.expect("bench pool starts");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while host.status().await.iter().any(|p| p.ready < p.size) {
+    while host.stats().await.iter().any(|p| p.ready < p.size) {
         assert!(Instant::now() < deadline, "bench pool did not get all its workers ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -94,7 +94,7 @@ async fn load(host: &Arc<Host>, tool: &str, args: &str, callers: usize, calls: u
 
 /// Total resident memory of the pool's worker processes now.
 async fn total_rss(host: &Host) -> u64 {
-    host.status().await[0].workers.iter().filter_map(|w| pitboss::resident_bytes(w.pid)).sum()
+    host.stats().await[0].workers.iter().filter_map(|w| pitboss::resident_bytes(w.pid)).sum()
 }
 
 /// One tool called by a fixed number of callers, each back to back.
@@ -120,10 +120,10 @@ impl Workload<'_> {
     async fn measure(&self, settings: &str, calls: usize) -> Measured {
         let (_dir, host) = start_pool(self.python, settings).await;
         load(&host, self.tool, self.args, self.callers, self.callers * 2).await;
-        let before = host.status().await[0].restarts;
+        let before = host.stats().await[0].restarts;
         let figures = load(&host, self.tool, self.args, self.callers, calls).await;
         let rss = total_rss(&host).await;
-        let replaced = host.status().await[0].restarts - before;
+        let replaced = host.stats().await[0].restarts - before;
         host.shutdown().await;
         Measured { load: figures, rss, replaced }
     }

@@ -87,7 +87,7 @@ async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (
     .unwrap();
     let config = Config::load(&config_path).unwrap();
     let host = Arc::new(Host::start(config).await.expect("bench pool starts"));
-    while host.status().await[0].ready < workers {
+    while host.stats().await[0].ready < workers {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 

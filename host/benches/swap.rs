@@ -105,7 +105,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let host = Arc::new(Host::start(Config::load(&config_path).unwrap()).await.expect("bench pool starts"));
-        while host.status().await[0].ready < 2 {
+        while host.stats().await[0].ready < 2 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for _ in 0..600 {

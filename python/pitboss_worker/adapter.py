@@ -15,6 +15,8 @@ import threading
 TOOL_ATTRIBUTE = "__pitboss_tool__"
 #: Attribute that @tool(thread_safe=...) sets on the function it marks.
 THREAD_SAFE_ATTRIBUTE = "__pitboss_thread_safe__"
+#: Attribute that @tool(idempotent=...) sets on the function it marks.
+IDEMPOTENT_ATTRIBUTE = "__pitboss_idempotent__"
 MAX_TOOL_NAME_BYTES = 0xFFFF
 
 
@@ -44,7 +46,25 @@ def _check_thread_safe(value, what):
         raise TypeError("%s must be True or False, got %r" % (what, value))
 
 
-def tool(func=None, *, name=None, thread_safe=None):
+def _underlying_function(func):
+    """The plain function behind a bound method, staticmethod or classmethod."""
+    while True:
+        inner = getattr(func, "__func__", None)
+        if inner is None or inner is func:
+            return func
+        func = inner
+
+
+def is_streaming(func):
+    """True for a generator function (or a method, staticmethod or
+    classmethod of one): a tool whose answer is a stream."""
+    try:
+        return inspect.isgeneratorfunction(_underlying_function(func))
+    except Exception:  # objects with exotic __getattr__
+        return False
+
+
+def tool(func=None, *, name=None, thread_safe=None, idempotent=None):
     """Mark a method or function as a tool the host can call.
 
     ``@tool`` names the tool after the function; ``@tool(name="other-name")``
@@ -55,12 +75,23 @@ def tool(func=None, *, name=None, thread_safe=None):
     ``thread_safe=True`` vouches that the tool may run on several threads at
     once (``False``: it may not); unset, the adapter's own ``thread_safe``
     decides. Only ``--thread-safety-checks`` looks at it.
+
+    ``idempotent=True`` vouches that running the tool twice with the same
+    arguments is safe (no effect beyond the first run's, or none at all): the
+    host then retries such a call on another worker after a crash or a
+    timeout, when the pool's ``retries`` allows. Unmarked (or ``False``), a
+    call that may have run is never run again.
+
+    A generator function is a streaming tool: called as a stream, each item
+    it yields is sent as one chunk (see pitboss_worker.context for the call
+    it runs in).
     """
     if isinstance(func, str) and name is None:
         func, name = None, func
     if name is not None:
         _check_tool_name(name)
     _check_thread_safe(thread_safe, "@tool(thread_safe=...)")
+    _check_thread_safe(idempotent, "@tool(idempotent=...)")
 
     def mark(f):
         target = f.__func__ if isinstance(f, (staticmethod, classmethod)) else f
@@ -74,6 +105,8 @@ def tool(func=None, *, name=None, thread_safe=None):
             setattr(target, TOOL_ATTRIBUTE, tool_name)
             if thread_safe is not None:
                 setattr(target, THREAD_SAFE_ATTRIBUTE, thread_safe)
+            if idempotent is not None:
+                setattr(target, IDEMPOTENT_ATTRIBUTE, idempotent)
         except (AttributeError, TypeError):
             raise TypeError("@tool cannot mark %r (it takes no attributes)" % (f,)) from None
         return f
@@ -160,15 +193,19 @@ class ThreadSafeAdapter(Adapter):
 class Tool:
     """One callable tool: its name, the bound callable, its signature (None
     when Python cannot tell, in which case arguments are not checked before
-    the call) and its own thread-safety marker (True, False, or None when
-    @tool did not say)."""
+    the call), its own thread-safety marker (True, False, or None when
+    @tool did not say), whether it is marked idempotent (a bool:
+    @tool(idempotent=True)) and whether it streams (a bool: a generator
+    function)."""
 
-    __slots__ = ("name", "func", "signature", "thread_safe")
+    __slots__ = ("name", "func", "signature", "thread_safe", "idempotent", "streams")
 
-    def __init__(self, name, func, thread_safe=None):
+    def __init__(self, name, func, thread_safe=None, idempotent=None):
         self.name = name
         self.func = func
         self.thread_safe = thread_safe
+        self.idempotent = idempotent is True
+        self.streams = is_streaming(func)
         try:
             self.signature = inspect.signature(func)
         except (TypeError, ValueError):
@@ -178,16 +215,20 @@ class Tool:
         return "Tool(%r, %r)" % (self.name, self.func)
 
 
+_NOT_A_TOOL = (None, None, None)
+
+
 def _marker(value):
-    """(tool name, thread_safe marker) of a @tool function, (None, None) otherwise."""
+    """(tool name, thread_safe marker, idempotent marker) of a @tool
+    function, (None, None, None) otherwise."""
     raw = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
     try:
         name = getattr(raw, TOOL_ATTRIBUTE, None)
     except Exception:  # objects with exotic __getattr__
-        return None, None
+        return _NOT_A_TOOL
     if not isinstance(name, str):
-        return None, None
-    return name, getattr(raw, THREAD_SAFE_ATTRIBUTE, None)
+        return _NOT_A_TOOL
+    return name, getattr(raw, THREAD_SAFE_ATTRIBUTE, None), getattr(raw, IDEMPOTENT_ATTRIBUTE, None)
 
 
 def tools_of_instance(instance):
@@ -196,21 +237,21 @@ def tools_of_instance(instance):
     The most derived definition of an attribute decides: a subclass that
     overrides a tool method without @tool removes the tool.
     """
-    marked = {}  # attribute name -> (tool name, thread_safe marker)
+    marked = {}  # attribute name -> (tool name, thread_safe marker, idempotent marker)
     for klass in reversed(type(instance).__mro__):
         for attr, value in vars(klass).items():
-            tool_name, thread_safe = _marker(value)
-            if tool_name is None:
+            found = _marker(value)
+            if found[0] is None:
                 marked.pop(attr, None)
             else:
-                marked[attr] = tool_name, thread_safe
+                marked[attr] = found
     tools = {}
-    for attr, (tool_name, thread_safe) in marked.items():
+    for attr, (tool_name, thread_safe, idempotent) in marked.items():
         if tool_name in tools:
             raise AdapterError(
                 "two methods of %s are both the tool %r" % (type(instance).__qualname__, tool_name)
             )
-        tools[tool_name] = Tool(tool_name, getattr(instance, attr), thread_safe)
+        tools[tool_name] = Tool(tool_name, getattr(instance, attr), thread_safe, idempotent)
     return tools
 
 
@@ -220,7 +261,7 @@ def tools_of_module(module):
     for value in list(vars(module).values()):
         if isinstance(value, type) or not callable(value):
             continue
-        tool_name, thread_safe = _marker(value)
+        tool_name, thread_safe, idempotent = _marker(value)
         if tool_name is None:
             continue
         existing = tools.get(tool_name)
@@ -228,7 +269,7 @@ def tools_of_module(module):
             if existing.func is value:
                 continue
             raise AdapterError("two functions of %s are both the tool %r" % (module.__name__, tool_name))
-        tools[tool_name] = Tool(tool_name, value, thread_safe)
+        tools[tool_name] = Tool(tool_name, value, thread_safe, idempotent)
     return tools
 
 

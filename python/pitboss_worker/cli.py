@@ -1,4 +1,5 @@
-"""python -m pitboss_worker --adapter SPEC --socket PATH [--threads N] [--path DIR]... [--thread-safety-checks]"""
+"""python -m pitboss_worker --adapter SPEC --socket PATH [--threads N] [--path DIR]... [--thread-safety-checks]
+[--call-spin-us US] [--session-idle-s S]"""
 
 import argparse
 import socket
@@ -7,6 +8,7 @@ import traceback
 
 from ._version import __version__
 from .adapter import AdapterError, load_adapter
+from .call_context import DEFAULT_SESSION_IDLE_S, configure_sessions
 from .dispatch import Dispatcher, warm_up
 from .threadcheck import CheckingDispatcher, ThreadSafetyChecker
 from .worker import (
@@ -60,6 +62,9 @@ def build_parser():
     parser.add_argument("--call-spin-us", type=_non_negative_int, default=DEFAULT_CALL_SPIN_US, metavar="US",
                         help="after a call, poll the call connection this many microseconds before sleeping "
                              "(default %(default)s; 0 sleeps at once and burns no CPU)")
+    parser.add_argument("--session-idle-s", type=_positive_int, default=DEFAULT_SESSION_IDLE_S, metavar="S",
+                        help="drop a session's state (context.session_state) after this many seconds "
+                             "without use (default %(default)s)")
     parser.add_argument("--version", action="version", version="pitboss-worker " + __version__)
     return parser
 
@@ -116,8 +121,14 @@ def main(argv=None):
     # running a recursive tool went from 1.1x to 1.9x one thread's rate).
     # Until then a parent that dies is caught by the PR_SET_PDEATHSIG the
     # host sets at spawn.
+    configure_sessions(args.session_idle_s)
     watch_parent()
-    facts = worker_facts(args.adapter, dispatcher.tool_names, args.threads, loaded.thread_safe, unsafe_modules)
+    tools = loaded.tools.values()
+    facts = worker_facts(
+        args.adapter, dispatcher.tool_names, args.threads, loaded.thread_safe, unsafe_modules,
+        streaming_tools=[t.name for t in tools if t.streams],
+        idempotent_tools=[t.name for t in tools if t.idempotent],
+    )
     status = Worker(control_sock, call_sock, dispatcher, facts, threads=args.threads,
                     call_spin_us=args.call_spin_us).serve()
     for sock in connections:

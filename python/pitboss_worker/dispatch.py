@@ -1,13 +1,17 @@
 """Running one call: decode the arguments, check them, call the tool, encode
 the answer. Pure functions of (tool, content type, payload); no I/O.
 
-invoke() returns (frame kind, body): (RESULT, result body) or (ERROR, error body).
-Everything it needs is imported when the worker starts (see warm_up()), so a
-call never imports a module.
+invoke() returns (frame kind, body): (RESULT, result body) or (ERROR, error
+body), or, for a call made as a stream whose tool returned a generator,
+(STREAM, the generator): the worker then runs the generator (step() takes
+one item, encode_result() encodes it as a chunk). Everything it needs is
+imported when the worker starts (see warm_up()), so a call never imports a
+module.
 """
 
 import json
 import traceback
+import types
 
 from .protocol import (
     CONTENT_JSON,
@@ -20,6 +24,11 @@ from .protocol import (
     encode_json_text,
 )
 from .adapter import Tool
+from . import call_context
+
+#: The kind invoke() returns for a stream to run: the body is the generator.
+STREAM = "stream"
+_GENERATOR = types.GeneratorType
 
 #: message and traceback text in an ERROR body are cut to this many characters.
 MAX_ERROR_TEXT = 64 * 1024
@@ -126,6 +135,26 @@ def encode_result(result):
     return RESULT, bytes((content_type,)) + data
 
 
+def streams_unary_error(name):
+    """(ERROR, bad_result body) for a streaming tool called without the STREAM flag."""
+    return error(
+        "bad_result",
+        None,
+        "tool %r streams (it is a generator function, its answer is a stream of chunks): call it as a "
+        "stream (ExecuteStream, or pitboss call --stream)" % (name,),
+    )
+
+
+def cancelled_error(chunks=None):
+    """(ERROR, cancelled body): before the call started (chunks None), or a
+    stream stopped after `chunks` chunks."""
+    if chunks is None:
+        message = "the call was cancelled (CANCEL) before it started"
+    else:
+        message = "the call was cancelled (CANCEL); its stream stopped after %d chunks" % chunks
+    return error("cancelled", None, message)
+
+
 class Dispatcher:
     """Maps tool names to Tools and runs calls. Thread-safe: it holds no
     per-call state, so N executor threads can share one."""
@@ -137,10 +166,13 @@ class Dispatcher:
     def tool_names(self):
         return sorted(self._tools)
 
-    def invoke(self, name, content_type, payload):
-        """Run one call; returns (RESULT, body) or (ERROR, body). Exceptions
-        from the tool are caught (Exception subclasses); BaseExceptions such as
-        SystemExit and KeyboardInterrupt propagate to the caller."""
+    def invoke(self, name, content_type, payload, stream=False):
+        """Run one call; returns (RESULT, body) or (ERROR, body), or (STREAM,
+        generator) when `stream` is true and the tool returned a generator.
+        Without `stream` a returned generator is closed, unstarted, and the
+        call is a bad_result. Exceptions from the tool are caught (Exception
+        subclasses); BaseExceptions such as SystemExit and KeyboardInterrupt
+        propagate to the caller."""
         found = self._tools.get(name)
         if found is None:
             return error("unknown_tool", None, "no tool named %r" % (name,))
@@ -184,16 +216,27 @@ class Dispatcher:
             except TypeError as exc:
                 return error("bad_arguments", "TypeError", "%s: %s" % (name, exception_message(exc)))
 
-        return self._run(found, args, kwargs)
+        return self._run(found, args, kwargs, stream)
 
     @staticmethod
-    def _run(found, args, kwargs):
+    def _run(found, args, kwargs, stream=False):
         try:
             result = found.func(*args, **kwargs)
         except Exception as exc:
             # skip_frames=1 drops this frame: the traceback starts in the tool.
             return exception_error(exc, skip_frames=1)
+        if type(result) is _GENERATOR:
+            if stream:
+                return STREAM, result
+            result.close()  # unstarted: its body has not run, nothing to clean up
+            return streams_unary_error(found.name)
         return encode_result(result)
+
+    def step(self, generator, name):
+        """The next item of a streaming tool's generator (StopIteration at
+        its end; its exceptions propagate). One frame between the caller and
+        the generator: the caller's tracebacks skip two frames."""
+        return next(generator)
 
 
 def _warm_up_tool(kind):
@@ -204,6 +247,16 @@ def _warm_up_tool(kind):
     if kind == "bad":
         return object()
     return {"n": 1, "s": "\u00e9", "f": 1.5, "l": [None, True]}
+
+
+def _warm_up_stream(fail=False):
+    try:
+        yield {"n": 1}
+        yield b"\x00"
+        if fail:
+            raise ValueError("warm-up")
+    finally:
+        pass
 
 
 def warm_up():
@@ -224,3 +277,24 @@ def warm_up():
     d.invoke("missing", CONTENT_JSON, b"")
     encode_result(float("nan"))
     encode_result("\ud800")
+    # Streams: a generator called as a stream and not, stepped to its end,
+    # closed half-way; the cancelled errors.
+    d = Dispatcher({"g": Tool("g", _warm_up_stream)})
+    d.invoke("g", CONTENT_JSON, b"")
+    d.invoke("g", CONTENT_JSON, b"", True)
+    d.invoke("t", CONTENT_JSON, b'{"kind":"ok"}', True)
+    for payload in (b"", b'{"fail":true}'):
+        kind, generator = d.invoke("g", CONTENT_JSON, payload, True)
+        try:
+            while True:
+                encode_result(d.step(generator, "g"))
+        except StopIteration:
+            pass
+        except ValueError as exc:
+            exception_error(exc, skip_frames=2)
+    kind, generator = d.invoke("g", CONTENT_JSON, b"", True)
+    d.step(generator, "g")
+    generator.close()
+    cancelled_error()
+    cancelled_error(3)
+    call_context.warm_up()

@@ -1,4 +1,4 @@
-"""Wire format of the pitboss host <-> worker protocol, version 2.
+"""Wire format of the pitboss host <-> worker protocol, version 3.
 
 docs/protocol.md is the specification; docs/protocol_vectors.json holds golden
 frames that this module and the Rust host are both tested against.
@@ -19,7 +19,7 @@ import json
 import struct
 from collections import namedtuple
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: Largest value of the length field (bytes after the length field itself).
 MAX_FRAME_LENGTH = 64 * 1024 * 1024
@@ -30,18 +30,27 @@ HEADER_SIZE = HEADER.size  # 13 bytes: length + kind + request id
 LENGTH_SIZE = 4
 MAX_REQUEST_ID = 2 ** 64 - 1
 MAX_TOOL_NAME_BYTES = 0xFFFF
+MAX_TRACE_ID_BYTES = 0xFF
+MAX_SESSION_BYTES = 0xFFFF
+#: CALL flags (one byte after the content type).
+FLAG_STREAM = 0x01
+#: Chunks a streaming call may send before the host grants more (CREDIT).
+STREAM_WINDOW = 16
+#: CANCELs for calls not yet read that the worker remembers (the last ones).
+EARLY_CANCEL_MEMORY = 1024
 
 # Frame kinds.
 HELLO = 0x01
 CALL = 0x02
 RESULT = 0x03
 ERROR = 0x04
-STREAM_CHUNK = 0x05  # reserved for streaming results, not sent yet
-STREAM_END = 0x06  # reserved for streaming results, not sent yet
+STREAM_CHUNK = 0x05
+STREAM_END = 0x06
 CANCEL = 0x07
 PING = 0x08
 PONG = 0x09
 SHUTDOWN = 0x0A
+CREDIT = 0x0B
 
 KIND_NAMES = {
     HELLO: "hello",
@@ -54,6 +63,7 @@ KIND_NAMES = {
     PING: "ping",
     PONG: "pong",
     SHUTDOWN: "shutdown",
+    CREDIT: "credit",
 }
 KINDS_BY_NAME = {name: kind for kind, name in KIND_NAMES.items()}
 
@@ -70,6 +80,7 @@ ERROR_KINDS = (
     "bad_result",
     "exception",
     "shutting_down",
+    "cancelled",
     "protocol",
 )
 
@@ -138,38 +149,79 @@ def encode_json_text(obj):
     return _JSON_ENCODER.encode(obj)
 
 
-def encode_call_body(tool, content_type, payload=b""):
-    name = tool.encode("utf-8")
+def _checked_utf8(text, what, limit):
+    data = text.encode("utf-8")
+    if len(data) > limit:
+        raise ValueError("%s is %d bytes of UTF-8, the limit is %d" % (what, len(data), limit))
+    return data
+
+
+def encode_call_body(tool, content_type, payload=b"", stream=False, trace_id="", session=None):
+    """A CALL body: tool name, content type, flags (STREAM), trace id, session
+    key (None or "" for none), payload."""
+    name = _checked_utf8(tool, "tool name", MAX_TOOL_NAME_BYTES)
     if not name:
         raise ValueError("tool name is empty")
-    if len(name) > MAX_TOOL_NAME_BYTES:
-        raise ValueError("tool name is %d bytes, the limit is %d" % (len(name), MAX_TOOL_NAME_BYTES))
     if not 0 <= content_type <= 0xFF:
         raise ValueError("content type %r is not a u8" % (content_type,))
-    return len(name).to_bytes(2, "big") + name + bytes((content_type,)) + bytes(payload)
+    trace = _checked_utf8(trace_id, "trace id", MAX_TRACE_ID_BYTES)
+    key = _checked_utf8(session or "", "session key", MAX_SESSION_BYTES)
+    return b"".join((
+        len(name).to_bytes(2, "big"), name,
+        bytes((content_type, FLAG_STREAM if stream else 0, len(trace))), trace,
+        len(key).to_bytes(2, "big"), key,
+        bytes(payload),
+    ))
 
 
 def decode_call_body(body):
-    """(tool, content_type, payload) from a CALL body; ProtocolError when malformed.
+    """(tool, content_type, stream, trace_id, session, payload) from a CALL
+    body; ProtocolError when malformed.
 
+    `stream` is a bool (flag bit 0; the other bits are ignored), `trace_id` a
+    str ("" when empty), `session` a str or None (an empty key means none).
     The content type is returned as is, even when this version does not know
     it: an unknown content type is a per-call error (bad_payload), not a
     protocol violation.
     """
-    if len(body) < 2:
-        raise ProtocolError("CALL body is %d bytes, shorter than its tool name length field" % len(body))
-    name_length = int.from_bytes(body[0:2], "big")
-    end = 2 + name_length
-    if len(body) < end + 1:
+    # On the hot path: plain indexing and slicing, one bounds check per field.
+    if type(body) is not bytes:
+        body = bytes(body)
+    size = len(body)
+    if size < 2:
+        raise ProtocolError("CALL body is %d bytes, shorter than its tool name length field" % size)
+    end = 2 + ((body[0] << 8) | body[1])
+    # content type, flags, trace id length
+    if size < end + 3:
         raise ProtocolError(
-            "CALL body is %d bytes, too short for a %d-byte tool name and a content type"
-            % (len(body), name_length)
+            "CALL body is %d bytes, too short for a %d-byte tool name, a content type, flags and a trace id length"
+            % (size, end - 2)
+        )
+    trace_start = end + 3
+    trace_end = trace_start + body[end + 2]
+    if size < trace_end + 2:
+        raise ProtocolError(
+            "CALL body is %d bytes, too short for a %d-byte trace id and a session length"
+            % (size, trace_end - trace_start)
+        )
+    session_end = trace_end + 2 + ((body[trace_end] << 8) | body[trace_end + 1])
+    if size < session_end:
+        raise ProtocolError(
+            "CALL body is %d bytes, too short for a %d-byte session key" % (size, session_end - trace_end - 2)
         )
     try:
-        tool = bytes(body[2:end]).decode("utf-8")
+        tool = body[2:end].decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("CALL tool name is not valid UTF-8") from None
-    return tool, body[end], bytes(body[end + 1:])
+    try:
+        trace_id = body[trace_start:trace_end].decode("utf-8") if trace_end > trace_start else ""
+    except UnicodeDecodeError:
+        raise ProtocolError("CALL trace id is not valid UTF-8") from None
+    try:
+        session = body[trace_end + 2:session_end].decode("utf-8") if session_end > trace_end + 2 else None
+    except UnicodeDecodeError:
+        raise ProtocolError("CALL session key is not valid UTF-8") from None
+    return tool, body[end], (body[end + 1] & FLAG_STREAM) != 0, trace_id, session, body[session_end:]
 
 
 def encode_result_body(content_type, payload):
@@ -177,10 +229,29 @@ def encode_result_body(content_type, payload):
 
 
 def decode_result_body(body):
-    """(content_type, payload) from a RESULT body."""
+    """(content_type, payload) from a RESULT or STREAM_CHUNK body."""
     if len(body) < 1:
         raise ProtocolError("RESULT body is empty (it starts with a content type byte)")
     return body[0], bytes(body[1:])
+
+
+# A STREAM_CHUNK body is laid out like a RESULT body.
+encode_stream_chunk_body = encode_result_body
+decode_stream_chunk_body = decode_result_body
+
+
+def encode_credit_body(chunks):
+    """A CREDIT body: the u32 count of further chunks the worker may send."""
+    if not 0 <= chunks <= 0xFFFFFFFF:
+        raise ValueError("credit %r is not a u32" % (chunks,))
+    return chunks.to_bytes(4, "big")
+
+
+def decode_credit_body(body):
+    """The chunk count of a CREDIT body; ProtocolError unless it is 4 bytes."""
+    if len(body) != 4:
+        raise ProtocolError("CREDIT body is %d bytes, not a 4-byte count" % len(body))
+    return int.from_bytes(body, "big")
 
 
 def encode_error_body(kind, type_name, message, traceback_text):

@@ -2,7 +2,8 @@
 
 * A tool not vouched for (neither ``@tool(thread_safe=True)`` nor, unmarked,
   in an adapter declaring ``thread_safe = True``) that runs on two threads at
-  once gets one warning line on stderr, the first time it happens.
+  once gets one warning line on stderr, the first time it happens (a
+  streaming tool runs while its generator takes a step).
 * Modules known to be unsafe to share across threads are reported once each,
   when found loaded: after setup (also listed in HELLO) and after any call
   during which new modules were imported.
@@ -104,11 +105,21 @@ class CheckingDispatcher(Dispatcher):
         super().__init__(tools)
         self._checker = checker
 
-    def _run(self, found, args, kwargs):
+    def _run(self, found, args, kwargs, stream=False):
         checker = self._checker
         checker.enter(found.name)
         try:
-            return Dispatcher._run(found, args, kwargs)
+            return Dispatcher._run(found, args, kwargs, stream)
         finally:
             checker.leave(found.name)
+            checker.scan_modules()
+
+    def step(self, generator, name):
+        # A streaming tool's body runs while its generator steps: watch each step.
+        checker = self._checker
+        checker.enter(name)
+        try:
+            return next(generator)
+        finally:
+            checker.leave(name)
             checker.scan_modules()

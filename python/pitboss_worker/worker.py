@@ -3,26 +3,33 @@ handling and the parent-death watch.
 
 Connections (docs/protocol.md, "Transport"):
 
-* control: HELLO and PONG out; PING, SHUTDOWN and CANCEL in.
-* call: CALL in; RESULT and ERROR out. The executors read it themselves, so
-  a call goes from the socket to the tool on one thread, with no handoff.
+* control: HELLO and PONG out; PING, SHUTDOWN, CANCEL and CREDIT in.
+* call: CALL in; RESULT, ERROR, STREAM_CHUNK and STREAM_END out. The
+  executors read it themselves, so a call goes from the socket to the tool on
+  one thread, with no handoff.
 
 Threads:
 
 * main thread: sends HELLO, then is executor 0; with --threads N, N-1 more
   executor threads run beside it. An executor takes the read lock, reads one
   frame from the call connection, releases the lock, runs the call and
-  writes its answer (leader/follower: the executors take turns reading).
+  writes its answer (leader/follower: the executors take turns reading). A
+  streaming call runs its whole generator on that executor, which waits
+  (without stepping the generator) while the call has no credit.
 * "pitboss-protocol": reads the control connection. Answers PING at once
-  (also mid-call), starts the shutdown on SHUTDOWN, takes the host-gone path
-  at the end of stream.
+  (also mid-call), starts the shutdown on SHUTDOWN, marks a call cancelled
+  on CANCEL and adds a stream's credit on CREDIT (waking its executor),
+  takes the host-gone path at the end of stream.
 * "pitboss-call-watch": notices the host closing the call connection while
   every executor is busy in a call, so nobody is reading it.
 * "pitboss-signals": turns SIGTERM (delivered to the main thread, which may
   be deep inside a tool) into the shutdown, outside the signal handler.
 * "pitboss-parent-watch": exits the process when the parent changes.
 
-Each connection has its own write lock, so frames never interleave.
+Each connection has its own write lock, so frames never interleave. The
+calls in flight (request id -> CallState, for CANCEL and CREDIT) are kept
+under the state lock, which each call takes anyway to count itself in
+flight.
 """
 
 import os
@@ -37,19 +44,25 @@ import time
 import traceback
 
 from ._version import __version__
-from .dispatch import error, exception_error, qualified_name
+from .call_context import CallState, _local as _context_local
+from .dispatch import STREAM, cancelled_error, encode_result, error, exception_error, qualified_name
 from .protocol import (
     CALL,
     CANCEL,
+    CREDIT,
+    EARLY_CANCEL_MEMORY,
     ERROR,
     HELLO,
     PING,
     PONG,
     PROTOCOL_VERSION,
     SHUTDOWN,
+    STREAM_CHUNK,
+    STREAM_END,
     FrameReader,
     ProtocolError,
     decode_call_body,
+    decode_credit_body,
     encode_frame,
     encode_json_text,
     kind_name,
@@ -104,7 +117,8 @@ def free_threaded_build():
     return sysconfig.get_config_var("Py_GIL_DISABLED") == 1
 
 
-def worker_facts(adapter_spec, tool_names, threads, thread_safe=None, unsafe_modules=()):
+def worker_facts(adapter_spec, tool_names, threads, thread_safe=None, unsafe_modules=(),
+                 streaming_tools=(), idempotent_tools=()):
     """The HELLO body as a dict (measure after the adapter is imported: an
     extension module can turn the GIL back on)."""
     return {
@@ -120,6 +134,8 @@ def worker_facts(adapter_spec, tool_names, threads, thread_safe=None, unsafe_mod
         "package_version": __version__,
         "thread_safe": thread_safe,
         "unsafe_modules": list(unsafe_modules),
+        "streaming_tools": sorted(streaming_tools),
+        "idempotent_tools": sorted(idempotent_tools),
     }
 
 
@@ -174,6 +190,11 @@ class Worker:
         self._shutdown_reason = None
         self._host_gone = False  # nothing more can be sent
         self._in_flight = 0
+        # Under the state lock: the calls running (request id -> CallState),
+        # and the CANCELs of calls not read yet (request id -> None, oldest
+        # first, at most EARLY_CANCEL_MEMORY).
+        self._calls = {}
+        self._early_cancels = {}
 
     # --- sending -----------------------------------------------------------
 
@@ -315,17 +336,50 @@ class Worker:
             if frame is None:
                 self._on_host_gone()
                 return
-            kind, request_id, _ = frame
+            kind, request_id, body = frame
             if kind == PING:
                 self._send(conn, PONG, request_id)
+            elif kind == CREDIT:
+                try:
+                    chunks = decode_credit_body(body)
+                except ProtocolError as exc:
+                    self._send_error(conn, request_id, "protocol", str(exc))
+                else:
+                    self._add_credit(request_id, chunks)
+            elif kind == CANCEL:
+                self._cancel(request_id)
             elif kind == SHUTDOWN:
                 self.begin_shutdown("SHUTDOWN frame")
-            elif kind == CANCEL:
-                pass  # a Python thread cannot be stopped safely; the host kills an overrunning worker instead
             elif kind == CALL:
                 self._unexpected_frame(conn, kind, request_id, "CALL frames go on the call connection")
             else:
-                self._unexpected_frame(conn, kind, request_id, "it carries PING, SHUTDOWN and CANCEL")
+                self._unexpected_frame(conn, kind, request_id, "it carries PING, SHUTDOWN, CANCEL and CREDIT")
+
+    def _cancel(self, request_id):
+        """CANCEL: mark the call cancelled (waking its stream if it waits for
+        credit), or remember the id for a call not read yet."""
+        with self._state_lock:
+            state = self._calls.get(request_id)
+            if state is not None:
+                state.cancelled = True
+                if state.wake is not None:
+                    state.wake.notify()
+                return
+            early = self._early_cancels
+            early.pop(request_id, None)  # a repeated CANCEL counts as the newest
+            early[request_id] = None
+            if len(early) > EARLY_CANCEL_MEMORY:
+                del early[next(iter(early))]
+
+    def _add_credit(self, request_id, chunks):
+        """CREDIT: `chunks` more for a streaming call; ignored for any other."""
+        with self._state_lock:
+            state = self._calls.get(request_id)
+            if state is None or not state.stream:
+                return
+            state.credit += chunks
+            if state.wake is not None:
+                state.wake.notify()
 
     # --- the call connection ------------------------------------------------
 
@@ -354,36 +408,48 @@ class Worker:
             return None
 
     def _accept_call(self, frame):
-        """(request_id, tool, content_type, payload) of a call to run now,
-        counted in flight; None when the frame has been answered already (a
-        protocol error, or shutting_down)."""
+        """(tool, content_type, payload, state) of a call to run now, counted
+        and registered in flight; None when the frame has been answered
+        already (a protocol error, cancelled, or shutting_down)."""
         kind, request_id, body = frame
         conn = self._call
         if kind != CALL:
             self._unexpected_frame(conn, kind, request_id, "it carries only CALL frames")
             return None
         try:
-            tool, content_type, payload = decode_call_body(body)
+            tool, content_type, stream, trace_id, session, payload = decode_call_body(body)
         except ProtocolError as exc:
             self._send_error(conn, request_id, "protocol", str(exc))
             return None
+        state = CallState(request_id, trace_id, session, stream)
         with self._state_lock:
-            refuse = self._closing
+            # A call cancelled before it was read is not run (and not worth
+            # giving to another worker, as shutting_down would invite).
+            early = self._early_cancels
+            cancelled = bool(early) and request_id in early
+            if cancelled:
+                del early[request_id]
+            refuse = cancelled or self._closing
             if not refuse:
                 self._in_flight += 1
+                self._calls[request_id] = state
         if refuse:
-            self._send_error(
-                conn,
-                request_id,
-                "shutting_down",
-                "the worker is shutting down (%s); the call did not start" % self._shutdown_reason,
-            )
+            if cancelled:
+                self._send(conn, ERROR, request_id, cancelled_error()[1])
+            else:
+                self._send_error(
+                    conn,
+                    request_id,
+                    "shutting_down",
+                    "the worker is shutting down (%s); the call did not start" % self._shutdown_reason,
+                )
             return None
-        return request_id, tool, content_type, payload
+        return tool, content_type, payload, state
 
     def _executor_loop(self):
         conn = self._call
         invoke = self._dispatcher.invoke
+        local = _context_local
         while True:
             with self._read_lock:
                 frame = self._read_call_frame()
@@ -394,16 +460,88 @@ class Worker:
             call = self._accept_call(frame)
             if call is None:
                 continue
-            request_id, tool, content_type, payload = call
+            tool, content_type, payload, state = call
+            request_id = state.request_id
+            # The call context of pitboss_worker.context, for this thread.
+            local.call = state
             try:
                 try:
-                    kind, body = invoke(tool, content_type, payload)
+                    kind, body = invoke(tool, content_type, payload, state.stream)
                 except BaseException as exc:  # SystemExit, KeyboardInterrupt from the tool
-                    _, body = exception_error(exc, skip_frames=0)
-                    self._send(conn, ERROR, request_id, body)
-                    log("tool %r raised %s; exiting" % (tool, qualified_name(type(exc))))
-                    hard_exit(EXIT_INTERNAL)
-                self._send(conn, kind, request_id, body)
+                    self._tool_exit(request_id, tool, exc)
+                if kind is STREAM:
+                    self._run_stream(state, tool, body)
+                else:
+                    self._send(conn, kind, request_id, body)
             finally:
+                local.call = None
                 with self._state_lock:
                     self._in_flight -= 1
+                    if self._calls.get(request_id) is state:
+                        del self._calls[request_id]
+
+    def _tool_exit(self, request_id, tool, exc, skip_frames=0):
+        """A tool raised SystemExit or KeyboardInterrupt: report it as the
+        call's ERROR, then end the worker."""
+        _, body = exception_error(exc, skip_frames=skip_frames)
+        self._send(self._call, ERROR, request_id, body)
+        log("tool %r raised %s; exiting" % (tool, qualified_name(type(exc))))
+        hard_exit(EXIT_INTERNAL)
+
+    def _close_generator(self, state, tool, generator):
+        """generator.close() on this thread (its finally blocks run here, in
+        the call's context); an exception from it is logged, not sent: the
+        call's terminal frame says why the stream stopped."""
+        try:
+            generator.close()
+        except Exception as exc:
+            log("tool %r: closing its generator (call %d) raised %s: %s"
+                % (tool, state.request_id, qualified_name(type(exc)), exc))
+        except BaseException as exc:
+            self._tool_exit(state.request_id, tool, exc)
+
+    def _run_stream(self, state, tool, generator):
+        """Send each item of a streaming call's generator as a STREAM_CHUNK,
+        while the call has credit, then exactly one terminal frame:
+        STREAM_END, or ERROR (exception, bad_result, cancelled)."""
+        conn = self._call
+        send = self._send
+        request_id = state.request_id
+        step = self._dispatcher.step
+        lock = self._state_lock
+        sent = 0
+        while True:
+            with lock:
+                if state.credit <= 0 and not state.cancelled:
+                    # Out of credit: wait for CREDIT or CANCEL, the generator untouched.
+                    if state.wake is None:
+                        state.wake = threading.Condition(lock)
+                    while state.credit <= 0 and not state.cancelled:
+                        state.wake.wait()
+                if state.cancelled:
+                    break
+                state.credit -= 1
+            try:
+                item = step(generator, tool)
+            except StopIteration:
+                send(conn, STREAM_END, request_id)
+                return
+            except Exception as exc:
+                # The generator is finished. skip_frames=2 drops this frame
+                # and step()'s: the traceback starts in the tool.
+                send(conn, ERROR, request_id, exception_error(exc, skip_frames=2)[1])
+                return
+            except BaseException as exc:
+                self._tool_exit(request_id, tool, exc, skip_frames=2)
+            kind, body = encode_result(item)
+            if kind == ERROR:
+                self._close_generator(state, tool, generator)
+                send(conn, ERROR, request_id, body)
+                return
+            if state.cancelled or self._host_gone:
+                break
+            send(conn, STREAM_CHUNK, request_id, body)
+            sent += 1
+        # Cancelled: stop before the next item.
+        self._close_generator(state, tool, generator)
+        send(conn, ERROR, request_id, cancelled_error(sent)[1])

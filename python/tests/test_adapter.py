@@ -34,7 +34,10 @@ def clean_imports(monkeypatch):
 
 def test_public_api():
     assert pitboss_worker.__version__ == "0.1.0"
-    assert set(pitboss_worker.__all__) == {"Adapter", "ThreadSafeAdapter", "tool", "__version__"}
+    assert set(pitboss_worker.__all__) == {"Adapter", "ThreadSafeAdapter", "context", "tool", "__version__"}
+    from pitboss_worker.call_context import CallContext
+
+    assert isinstance(pitboss_worker.context, CallContext)
 
 
 def test_installed_metadata_matches_version():
@@ -308,3 +311,111 @@ def test_thread_safe_adapter_thread_local():
     assert other[0] is not mine
     assert len(made) == 2
     assert not hasattr(ThreadSafeAdapter().local, "conn"), "one threading.local per instance"
+
+
+# --- idempotent and streaming tools ---------------------------------------------
+
+
+def test_tool_idempotent_marker():
+    class Marked:
+        @tool(idempotent=True)
+        def safe(self):
+            pass
+
+        @tool(idempotent=False)
+        def once(self):
+            pass
+
+        @tool
+        def unmarked(self):
+            pass
+
+        @classmethod
+        @tool(name="klass", idempotent=True, thread_safe=True)
+        def class_method(cls):
+            pass
+
+        @tool(idempotent=True)
+        @staticmethod
+        def static_safe():
+            pass
+
+    tools = tools_of_instance(Marked())
+    assert {name: t.idempotent for name, t in tools.items()} == {
+        "safe": True, "once": False, "unmarked": False, "klass": True, "static_safe": True,
+    }
+    assert tools["klass"].thread_safe is True
+    with pytest.raises(TypeError, match="idempotent.*True or False"):
+        tool(idempotent="yes")
+    with pytest.raises(TypeError, match="True or False"):
+        tool(idempotent=1)
+
+    @tool(idempotent=True)
+    def module_level():
+        pass
+
+    module = types.ModuleType("m")
+    module.module_level = module_level
+    assert tools_of_module(module)["module_level"].idempotent is True
+
+
+def test_tool_streams_for_generator_functions():
+    class Gen:
+        @tool
+        def gen(self):
+            yield 1
+
+        @tool
+        def plain(self):
+            return [1]
+
+        @tool
+        def returns_iterator(self):
+            return iter([1])
+
+        @staticmethod
+        @tool
+        def static_gen():
+            yield 1
+
+        @tool
+        @staticmethod
+        def static_gen_below():
+            yield 1
+
+        @classmethod
+        @tool
+        def class_gen(cls):
+            yield cls
+
+        @tool
+        async def coroutine(self):
+            return 1
+
+    tools = tools_of_instance(Gen())
+    assert {name: t.streams for name, t in tools.items()} == {
+        "gen": True, "plain": False, "returns_iterator": False, "static_gen": True,
+        "static_gen_below": True, "class_gen": True, "coroutine": False,
+    }
+
+    @tool
+    def module_gen():
+        yield 1
+
+    module = types.ModuleType("m")
+    module.module_gen = module_gen
+    module.static = staticmethod(tool(name="static-in-module")(lambda: (yield 1)))
+    found = tools_of_module(module)
+    assert found["module_gen"].streams is True
+    assert found["static-in-module"].streams is True
+
+
+def test_load_streaming_adapter(clean_imports):
+    loaded = load_adapter("streaming_tools:Streams", [ADAPTERS_DIR])
+    tools = loaded.tools
+    assert tools["count"].streams and tools["class-stream"].streams and tools["static_stream"].streams
+    assert not tools["plain_list"].streams and not tools["add"].streams, "inherited plain tools"
+    assert sorted(n for n, t in tools.items() if t.idempotent) == ["static_stream", "wait_cancelled"]
+    module = load_adapter("streaming_tools", [ADAPTERS_DIR])
+    assert sorted(module.tools) == ["module_plain", "module_stream"]
+    assert module.tools["module_stream"].streams and module.tools["module_plain"].idempotent

@@ -1,6 +1,7 @@
 """Encoding rules of one call: arguments in, result or structured error out."""
 
 import importlib.util
+import inspect
 import json
 import os
 
@@ -8,7 +9,15 @@ import pytest
 
 from pitboss_worker import protocol as P
 from pitboss_worker.adapter import Tool, collect_tools
-from pitboss_worker.dispatch import MAX_ERROR_TEXT, Dispatcher, encode_result, qualified_name, warm_up
+from pitboss_worker.dispatch import (
+    MAX_ERROR_TEXT,
+    STREAM,
+    Dispatcher,
+    cancelled_error,
+    encode_result,
+    qualified_name,
+    warm_up,
+)
 from worker_harness import ADAPTERS_DIR, Answer
 
 # The test adapter, loaded without touching sys.path (its classes then live in
@@ -174,3 +183,69 @@ def test_tools_without_a_signature_are_called_without_a_check():
 
 def test_warm_up_runs():
     warm_up()
+
+
+# --- streaming tools --------------------------------------------------------------
+
+
+def _streaming_dispatcher(events):
+    def gen(n):
+        events.append("started")
+        try:
+            for i in range(n):
+                yield i
+        finally:
+            events.append("finally")
+
+    def plain(n):
+        return list(range(n))
+
+    return Dispatcher({"gen": Tool("gen", gen), "plain": Tool("plain", plain)})
+
+
+def test_stream_call_of_a_generator_returns_it():
+    events = []
+    d = _streaming_dispatcher(events)
+    kind, generator = d.invoke("gen", P.CONTENT_JSON, b'{"n":2}', True)
+    assert kind is STREAM and inspect.getgeneratorstate(generator) == inspect.GEN_CREATED
+    items = []
+    with pytest.raises(StopIteration):
+        while True:
+            items.append(d.step(generator, "gen"))
+    assert items == [0, 1] and events == ["started", "finally"]
+
+
+def test_unary_call_of_a_generator_is_bad_result_and_closes_it_unstarted():
+    events = []
+    kind, body = _streaming_dispatcher(events).invoke("gen", P.CONTENT_JSON, b'{"n":2}')
+    err = Answer(P.Frame(kind, 1, body)).error
+    assert err["kind"] == "bad_result" and err["type"] is None
+    assert "'gen' streams" in err["message"] and "call it as a stream" in err["message"]
+    assert "--stream" in err["message"] and "ExecuteStream" in err["message"]
+    assert events == [], "the generator's body never ran"
+
+
+def test_stream_call_of_a_plain_tool_is_a_result():
+    kind, body = _streaming_dispatcher([]).invoke("plain", P.CONTENT_JSON, b'{"n":2}', True)
+    assert (kind, body) == (P.RESULT, b"\x00[0,1]")
+
+
+def test_stream_call_errors_before_the_tool_runs_are_errors():
+    d = _streaming_dispatcher([])
+    assert json.loads(d.invoke("nope", P.CONTENT_JSON, b"", True)[1])["kind"] == "unknown_tool"
+    assert json.loads(d.invoke("gen", P.CONTENT_JSON, b"{}", True)[1])["kind"] == "bad_arguments"
+
+
+def test_other_iterables_are_plain_values():
+    d = Dispatcher({"it": Tool("it", lambda: iter([1, 2])), "lst": Tool("lst", lambda: [1])})
+    assert d.invoke("lst", P.CONTENT_JSON, b"", True) == (P.RESULT, b"\x00[1]")
+    kind, body = d.invoke("it", P.CONTENT_JSON, b"", True)
+    assert json.loads(body)["kind"] == "bad_result", "an iterator is not JSON and not a stream"
+
+
+def test_cancelled_errors():
+    for chunks, fragment in ((None, "before it started"), (3, "after 3 chunks")):
+        kind, body = cancelled_error(chunks)
+        err = json.loads(body)
+        assert kind == P.ERROR and err["kind"] == "cancelled" and err["type"] is None and err["traceback"] is None
+        assert fragment in err["message"]

@@ -8,7 +8,7 @@ import sysconfig
 
 import pytest
 
-from worker_harness import run_every_call_path
+from worker_harness import run_every_call_path, run_every_stream_path
 
 pytestmark = pytest.mark.skipif(
     sysconfig.get_config_var("Py_GIL_DISABLED") != 1,
@@ -34,6 +34,14 @@ def test_gil_stays_off_with_the_whole_hot_path_imported(host):
     assert hello["gil_enabled"] is False, "something the worker imports turned the GIL back on"
     run_every_call_path(host)
     assert host.roundtrip(1, "gil_enabled").value is False, "a call turned the GIL back on"
+
+
+def test_gil_stays_off_through_streams_and_the_call_context(host):
+    hello = host.start_ready("streaming_tools:Streams", ["--threads", "2", "--thread-safety-checks"])
+    assert hello["gil_enabled"] is False
+    run_every_call_path(host)
+    run_every_stream_path(host, host.dir)
+    assert host.roundtrip(1, "gil_enabled").value is False, "a stream or the context turned the GIL back on"
 
 
 def test_two_cpu_bound_calls_run_at_the_same_time_on_two_threads(host):

@@ -13,7 +13,15 @@ import pytest
 
 import pitboss_worker
 from pitboss_worker import protocol as P
-from worker_harness import TIMEOUT, Answer, run_every_call_path, wait_until, worker_command, worker_env
+from worker_harness import (
+    TIMEOUT,
+    Answer,
+    run_every_call_path,
+    run_every_stream_path,
+    wait_until,
+    worker_command,
+    worker_env,
+)
 
 SAMPLE_TOOLS = sorted(
     [
@@ -27,7 +35,7 @@ SAMPLE_TOOLS = sorted(
 
 def test_hello_facts(host):
     hello = host.start_ready()
-    assert hello["protocol"] == 2
+    assert hello["protocol"] == 3
     assert hello["pid"] == host.proc.pid
     assert hello["python_version"] == "%d.%d.%d" % sys.version_info[:3]
     assert hello["implementation"] == sys.implementation.name
@@ -40,9 +48,11 @@ def test_hello_facts(host):
     assert hello["package_version"] == pitboss_worker.__version__ == "0.1.0"
     assert hello["thread_safe"] is None, "Sample declares nothing"
     assert hello["unsafe_modules"] == [], "checks are off"
+    assert (hello["streaming_tools"], hello["idempotent_tools"]) == ([], []), "Sample has neither"
     assert list(hello) == [
         "protocol", "pid", "python_version", "implementation", "free_threaded_build",
         "gil_enabled", "tools", "adapter", "threads", "package_version", "thread_safe", "unsafe_modules",
+        "streaming_tools", "idempotent_tools",
     ]
 
 
@@ -236,6 +246,8 @@ def test_cannot_connect_exits_5(host):
         (["--adapter", "x"], "--socket"),
         (["--adapter", "x", "--socket", "s", "--threads", "0"], "--threads"),
         (["--adapter", "x", "--socket", "s", "--call-spin-us", "-1"], "--call-spin-us"),
+        (["--adapter", "x", "--socket", "s", "--session-idle-s", "0"], "--session-idle-s"),
+        (["--adapter", "x", "--socket", "s", "--session-idle-s", "1.5"], "--session-idle-s"),
     ],
 )
 def test_usage_error_exits_2(host, args, complaint):
@@ -281,7 +293,8 @@ def test_unexpected_frames_on_the_control_connection(host):
     ans = _control_error(host)
     assert (ans.request_id, ans.error["kind"]) == (11, "protocol")
     assert "call connection" in ans.error["message"], "the message says where CALLs go"
-    host.send_control(P.CANCEL, 12)  # ignored: nothing comes back for it
+    host.send_control(P.CANCEL, 12)  # remembered, not answered: nothing comes back for it
+    host.send_control(P.CREDIT, 15, P.encode_credit_body(8))  # no such stream: ignored
     host.ping(13)
     assert host.roundtrip(14, "add", {"a": 1, "b": 2}).value == 3
 
@@ -292,8 +305,12 @@ def test_unexpected_frames_on_the_call_connection(host):
     ans = host.answer()
     assert (ans.request_id, ans.error["kind"]) == (9, "protocol")
     assert "0x42" in ans.error["message"] and "call connection" in ans.error["message"]
-    for kind in (P.PING, P.SHUTDOWN, P.CANCEL):  # control frames do not count here
-        host.send_call_frame(kind, 10)
+    for kind in (P.PING, P.SHUTDOWN, P.CANCEL, P.CREDIT):  # control frames do not count here
+        host.send_call_frame(kind, 10, P.encode_credit_body(1) if kind == P.CREDIT else b"")
+        ans = host.answer()
+        assert (ans.request_id, ans.error["kind"]) == (10, "protocol")
+    for kind in (P.STREAM_CHUNK, P.STREAM_END, P.RESULT):  # worker-to-host kinds
+        host.send_call_frame(kind, 10, b"\x00{}" if kind != P.STREAM_END else b"")
         ans = host.answer()
         assert (ans.request_id, ans.error["kind"]) == (10, "protocol")
     host.send_call_frame(P.CALL, 11, b"\x00")  # malformed CALL body
@@ -403,12 +420,50 @@ def test_threads_pipelined_calls_all_answered_once(host):
     host.ping(1)
 
 
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (b"\x00\x03add\x00", "too short for a 3-byte tool name"),  # a version-2 CALL body: no flags
+        (b"\x00\x03add\x00\x00\x05ab", "too short for a 5-byte trace id"),
+        (b"\x00\x03add\x00\x00\x00\x00\x09se", "too short for a 9-byte session key"),
+        (b"\x00\x03add\x00\x00\x01\xff\x00\x00{}", "trace id is not valid UTF-8"),
+        (b"\x00\x03add\x00\x00\x00\x00\x01\xff{}", "session key is not valid UTF-8"),
+        (b"\x00\x02\xff\xfe\x00\x00\x00\x00\x00", "tool name is not valid UTF-8"),
+    ],
+    ids=["v2-layout", "trace-id-cut", "session-cut", "trace-id-not-utf8", "session-not-utf8", "name-not-utf8"],
+)
+def test_malformed_call_bodies_are_protocol_errors_and_the_worker_carries_on(host, body, fragment):
+    host.start_ready()
+    host.send_call_frame(P.CALL, 21, body)
+    ans = host.answer()
+    assert (ans.request_id, ans.error["kind"], ans.error["type"]) == (21, "protocol", None)
+    assert fragment in ans.error["message"]
+    assert host.roundtrip(22, "add", {"a": 1, "b": 2}).value == 3
+
+
+def test_call_fields_do_not_change_a_plain_call(host):
+    host.start_ready()
+    assert host.roundtrip(1, "add", {"a": 1, "b": 2}, trace_id="t" * 255, session="s" * 65535).value == 3
+    assert host.roundtrip(2, "reverse", raw=b"ab", trace_id="\u00e9", session="k").payload == b"ba"
+
+
 def test_calls_import_nothing_new(host):
     """Every path of a call (results, bytes, each error kind) runs without
     importing a module after start."""
     host.start_ready()
     before = host.roundtrip(1, "modules").value
     run_every_call_path(host)
+    after = host.roundtrip(2, "modules").value
+    assert sorted(set(after) - set(before)) == []
+
+
+def test_streams_and_context_import_nothing_new(host):
+    """Also every path of protocol 3: streams, credit, cancellation, the
+    call context and sessions."""
+    host.start_ready("streaming_tools:Streams")
+    before = host.roundtrip(1, "modules").value
+    run_every_call_path(host)
+    run_every_stream_path(host, host.dir)
     after = host.roundtrip(2, "modules").value
     assert sorted(set(after) - set(before)) == []
 

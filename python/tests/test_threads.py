@@ -112,3 +112,14 @@ def test_without_checks_nothing_is_watched(host):
     _twice_at_once(host, 1, "meet")
     host.roundtrip(3, "load_module", {"name": "sqlite3"})
     assert _lines(host, "thread-safety-checks") == []
+
+
+def test_checks_watch_streaming_tools_while_their_generators_run(host):
+    host.start_ready("streaming_tools:Streams", ["--threads", "2", CHECKS])
+    for request_id in (1, 2):
+        # Both wait inside the generator's first step until the other is there.
+        host.call(request_id, "meet_stream", {"n": 3, "parties": 2}, stream=True)
+    streams = host.read_streams([1, 2])
+    assert all(s.ended and len(s.chunks) == 3 for s in streams.values()), streams
+    [line] = _lines(host, "thread-safety-checks")
+    assert "tool 'meet_stream'" in line and "not marked thread-safe" in line

@@ -60,39 +60,65 @@ def wait_until(predicate, timeout=TIMEOUT, interval=0.01):
 
 
 class Answer:
-    """A RESULT or ERROR frame, decoded."""
+    """A RESULT or ERROR frame, decoded (also a STREAM_CHUNK or STREAM_END
+    with stream=True)."""
 
-    def __init__(self, frame):
+    def __init__(self, frame, stream=False):
         self.frame = frame
         self.request_id = frame.request_id
         self.kind = frame.kind
-        if frame.kind == P.RESULT:
+        self.content_type = self.payload = self.error = None
+        if frame.kind == P.RESULT or (stream and frame.kind == P.STREAM_CHUNK):
             self.content_type, self.payload = P.decode_result_body(frame.body)
-            self.error = None
         elif frame.kind == P.ERROR:
-            self.content_type = self.payload = None
             self.error = P.decode_json_body(frame.body)
+        elif stream and frame.kind == P.STREAM_END:
+            assert frame.body == b"", "STREAM_END has an empty body"
         else:
             raise AssertionError("expected RESULT or ERROR, got %s" % P.kind_name(frame.kind))
 
     @property
+    def terminal(self):
+        """RESULT, ERROR and STREAM_END end a call; STREAM_CHUNK does not."""
+        return self.kind != P.STREAM_CHUNK
+
+    @property
     def value(self):
-        assert self.kind == P.RESULT, "expected a RESULT, got ERROR %r" % (self.error,)
+        assert self.kind in (P.RESULT, P.STREAM_CHUNK), "expected a RESULT or a chunk, got %s %r" % (
+            P.kind_name(self.kind), self.error)
         if self.content_type == P.CONTENT_RAW:
             return self.payload
         assert self.content_type == P.CONTENT_JSON
         return json.loads(self.payload.decode("utf-8"))
 
     def __repr__(self):
-        return "Answer(id=%d, %s)" % (self.request_id, self.error if self.error else self.payload)
+        return "Answer(id=%d, %s, %s)" % (
+            self.request_id, P.kind_name(self.kind), self.error if self.error else self.payload)
+
+
+class Stream:
+    """What a streaming call answered: its chunks' values, in order, and its
+    terminal frame (an Answer: STREAM_END, ERROR, or a RESULT)."""
+
+    def __init__(self, request_id):
+        self.request_id = request_id
+        self.chunks = []
+        self.end = None
+
+    @property
+    def ended(self):
+        return self.end is not None and self.end.kind == P.STREAM_END
+
+    def __repr__(self):
+        return "Stream(id=%d, %d chunks, end=%r)" % (self.request_id, len(self.chunks), self.end)
 
 
 class Host:
     """Listens on a Unix socket in `directory`, starts workers against it.
 
     A worker opens two connections (docs/protocol.md, "Transport"):
-    `control` (HELLO, PING/PONG, SHUTDOWN, CANCEL) and `calls` (CALL out,
-    RESULT/ERROR back)."""
+    `control` (HELLO, PING/PONG, SHUTDOWN, CANCEL, CREDIT) and `calls` (CALL
+    out, RESULT/ERROR/STREAM_CHUNK/STREAM_END back)."""
 
     def __init__(self, directory):
         self.dir = directory
@@ -195,7 +221,8 @@ class Host:
         """A frame on the call connection (a CALL, or something that does not belong there)."""
         self.calls.sendall(P.encode_frame(kind, request_id, body))
 
-    def call(self, request_id, tool, args=None, raw=None, content_type=None):
+    def call(self, request_id, tool, args=None, raw=None, content_type=None, stream=False, trace_id="",
+             session=None):
         """Send a CALL: JSON of `args` (b'' when None), or `raw` bytes."""
         if raw is not None:
             payload, ct = raw, P.CONTENT_RAW
@@ -203,7 +230,14 @@ class Host:
             payload, ct = (b"" if args is None else json.dumps(args).encode("utf-8")), P.CONTENT_JSON
         if content_type is not None:
             ct = content_type
-        self.send_call_frame(P.CALL, request_id, P.encode_call_body(tool, ct, payload))
+        body = P.encode_call_body(tool, ct, payload, stream=stream, trace_id=trace_id, session=session)
+        self.send_call_frame(P.CALL, request_id, body)
+
+    def cancel(self, request_id):
+        self.send_control(P.CANCEL, request_id)
+
+    def credit(self, request_id, chunks):
+        self.send_control(P.CREDIT, request_id, P.encode_credit_body(chunks))
 
     def _read(self, conn, reader, which, timeout):
         conn.settimeout(timeout)
@@ -236,8 +270,60 @@ class Host:
         """The next RESULT or ERROR on the call connection."""
         return Answer(self._read(self.calls, self.calls_reader, "call", timeout))
 
-    def roundtrip(self, request_id, tool, args=None, raw=None, content_type=None):
-        self.call(request_id, tool, args, raw, content_type)
+    def stream_frame(self, timeout=TIMEOUT):
+        """The next frame on the call connection, any of the four it carries."""
+        return Answer(self._read(self.calls, self.calls_reader, "call", timeout), stream=True)
+
+    def nothing_on_calls(self, seconds=0.3):
+        """True when no frame comes on the call connection for `seconds`."""
+        self.calls.settimeout(seconds)
+        try:
+            frame = self.calls_reader.read_frame()
+        except socket.timeout:
+            return True
+        raise AssertionError("expected silence on the call connection, got %r" % (Answer(frame, stream=True),))
+
+    def read_streams(self, request_ids, grant=8, cancel_after=None, max_chunks=100000):
+        """Read the call connection until each call of `request_ids` has its
+        terminal frame, as the host does: after each `grant` chunks of a call
+        (None: never) send CREDIT `grant` for it; `cancel_after` ({request
+        id: n}) sends CANCEL once that call's n-th chunk is read. Every frame
+        read must belong to one of those calls, none may follow its call's
+        terminal frame. Returns {request id: Stream}."""
+        cancel_after = dict(cancel_after or {})
+        streams = {rid: Stream(rid) for rid in request_ids}
+        open_ids = set(request_ids)
+        total = 0
+        while open_ids:
+            ans = self.stream_frame()
+            stream = streams.get(ans.request_id)
+            assert stream is not None, "a frame for a call not read here: %r" % (ans,)
+            assert stream.end is None, "a frame after the terminal frame of call %d: %r" % (ans.request_id, ans)
+            if ans.terminal:
+                stream.end = ans
+                open_ids.discard(ans.request_id)
+                continue
+            stream.chunks.append(ans.value)
+            total += 1
+            if cancel_after.get(ans.request_id) == len(stream.chunks):
+                self.cancel(ans.request_id)
+            assert total <= max_chunks, "more chunks than expected"
+            if grant and len(stream.chunks) % grant == 0:
+                self.credit(ans.request_id, grant)
+        return streams
+
+    def read_stream(self, request_id, grant=8):
+        """read_streams() for one call: its Stream."""
+        return self.read_streams([request_id], grant)[request_id]
+
+    def stream_call(self, request_id, tool, args=None, grant=8, **kwargs):
+        """Send a CALL with the STREAM flag and read its whole answer."""
+        self.call(request_id, tool, args, stream=True, **kwargs)
+        return self.read_stream(request_id, grant)
+
+    def roundtrip(self, request_id, tool, args=None, raw=None, content_type=None, **call_fields):
+        """call() (with `stream`, `trace_id`, `session` as given), then its one answer."""
+        self.call(request_id, tool, args, raw, content_type, **call_fields)
         ans = self.answer()
         assert ans.request_id == request_id
         return ans
@@ -262,5 +348,43 @@ def run_every_call_path(host, first_id=1000):
     host.send_call_frame(0x42, next(ids))
     host.answer()
     host.send_control(0x42, next(ids))
+    host.read()
+    host.ping(next(ids))
+
+
+def run_every_stream_path(host, directory, first_id=3000):
+    """Drive a streaming_tools:Streams worker through every path of
+    protocol 3: streams to their end (JSON and raw chunks), waiting for
+    credit, an exception and a bad item mid-stream, cancellation while
+    waiting and before the call is read, a unary call of a streaming tool, a
+    stream call of a plain tool, the call context and session state (kept,
+    ended, missing), CREDIT for no stream and a malformed one."""
+    ids = iter(range(first_id, first_id + 100))
+    host.stream_call(next(ids), "count", {"n": 40})
+    host.stream_call(next(ids), "mixed")
+    host.stream_call(next(ids), "fail_after", {"n": 2})
+    host.stream_call(next(ids), "bad_item", {"path": os.path.join(directory, "bad-item")})
+    host.stream_call(next(ids), "add", {"a": 1, "b": 2})
+    host.stream_call(next(ids), "stream_whoami", trace_id="t", session="s")
+    host.roundtrip(next(ids), "count", {"n": 1})
+    waiting = next(ids)
+    host.call(waiting, "count_marked", {"path": os.path.join(directory, "waiting")}, stream=True)
+    for _ in range(P.STREAM_WINDOW):
+        host.stream_frame()
+    host.credit(waiting, 1)
+    host.stream_frame()
+    host.cancel(waiting)
+    assert host.stream_frame().error["kind"] == "cancelled"
+    early = next(ids)
+    host.cancel(early)
+    host.ping(next(ids))
+    assert host.roundtrip(early, "add", {"a": 1, "b": 2}).error["kind"] == "cancelled"
+    host.roundtrip(next(ids), "whoami", trace_id="t", session="s")
+    host.roundtrip(next(ids), "remember", {"key": "k", "value": 1}, session="s")
+    host.roundtrip(next(ids), "recall", {"key": "k"}, session="s")
+    host.roundtrip(next(ids), "forget", session="s")
+    host.roundtrip(next(ids), "remember", {"key": "k", "value": 1})
+    host.credit(next(ids), 8)
+    host.send_control(P.CREDIT, next(ids), b"\x00")
     host.read()
     host.ping(next(ids))

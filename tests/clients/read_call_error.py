@@ -59,6 +59,7 @@ def main(address, pool, tool, args):
                     "message": error.message,
                     "python_type": error.python_type,
                     "traceback": error.traceback,
+                    "request_id": error.request_id,
                 }
             elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()

@@ -104,10 +104,10 @@ pub fn alive(pid: u32) -> bool {
 pub async fn start_ready(config: Config) -> pitboss::Host {
     let host = pitboss::Host::start(config).await.expect("host starts");
     let all_ready = eventually(Duration::from_secs(60), async || {
-        host.status().await.iter().all(|pool| pool.ready == pool.size && pool.starting == 0)
+        host.stats().await.iter().all(|pool| pool.ready == pool.size && pool.starting == 0)
     })
     .await;
-    assert!(all_ready, "workers did not all start: {:#?}", host.status().await);
+    assert!(all_ready, "workers did not all start: {:#?}", host.stats().await);
     host
 }
 

@@ -154,7 +154,7 @@ impl proto::admin_server::Admin for Admin {
     }
 }
 
-fn admin_status(error: AdminError) -> Status {
+pub(super) fn admin_status(error: AdminError) -> Status {
     match error {
         AdminError::NotFound(message) => Status::not_found(message),
         AdminError::Refused(message) => Status::failed_precondition(message),

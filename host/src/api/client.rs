@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tonic::transport::Channel;
+use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
 use super::errors::call_error;
@@ -14,7 +15,7 @@ use super::proto::{self, pitboss_client::PitbossClient};
 use super::{content_type_from_proto, content_type_to_proto};
 use crate::pool::{
     CallError, CallOutput, CallRequest, ErrorKind, PoolFacts, PoolStatus, Reason, RecycleCounts, RouterReport,
-    WorkerStatus,
+    StreamChunk, WorkerStatus,
 };
 
 /// One connection to a host's API address; cheap to clone.
@@ -36,16 +37,7 @@ impl Client {
 
     /// Runs one call on `pool`, as [`crate::Host::execute`] would.
     pub async fn execute(&mut self, pool: &str, request: CallRequest) -> Result<CallOutput, CallError> {
-        let message = proto::ExecuteRequest {
-            pool: pool.to_owned(),
-            tool: request.tool,
-            payload: request.payload.to_vec(),
-            content_type: content_type_to_proto(request.content_type) as i32,
-            session: request.session.unwrap_or_default(),
-            timeout_ms: request.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
-            metadata: request.metadata.into_iter().collect(),
-        };
-        match self.pitboss.execute(message).await {
+        match self.pitboss.execute(execute_request(pool, request)).await {
             Ok(response) => {
                 let response = response.into_inner();
                 let content_type = proto::ContentType::try_from(response.content_type).map_err(|_| {
@@ -56,10 +48,45 @@ impl Client {
                     content_type: content_type_from_proto(content_type),
                     worker: response.worker,
                     duration: Duration::from_micros(response.duration_us),
+                    queued: Duration::from_micros(response.queued_us),
+                    attempts: response.attempts,
+                    request_id: Some(response.request_id).filter(|id| !id.is_empty()),
                 })
             }
-            Err(status) => Err(call_error(&status).unwrap_or_else(|| unexpected(&status))),
+            Err(status) => Err(failure(&status)),
         }
+    }
+
+    /// Runs one call of a streaming tool on `pool`, as
+    /// [`crate::Host::execute_stream`] would: the chunks as the worker
+    /// yields them, then `None`, or an error after the chunks already
+    /// sent. Dropping the stream cancels the call.
+    pub async fn execute_stream(
+        &mut self,
+        pool: &str,
+        request: CallRequest,
+    ) -> Result<impl Stream<Item = Result<StreamChunk, CallError>>, CallError> {
+        let chunks = self.pitboss.execute_stream(execute_request(pool, request)).await.map_err(|s| failure(&s))?;
+        Ok(chunks.into_inner().map(|chunk| {
+            let chunk = chunk.map_err(|status| failure(&status))?;
+            let content_type = proto::ContentType::try_from(chunk.content_type)
+                .map_err(|_| unexpected(&Status::internal(format!("unknown content type {}", chunk.content_type))))?;
+            Ok(StreamChunk {
+                payload: chunk.payload.into(),
+                content_type: content_type_from_proto(content_type),
+                worker: chunk.worker,
+            })
+        }))
+    }
+
+    /// One pool's state; an unknown pool is an error naming it.
+    pub async fn pool(&mut self, pool: &str) -> Result<PoolStatus> {
+        let status = self
+            .pitboss
+            .pool_stats(proto::PoolStatsRequest { pool: pool.to_owned() })
+            .await
+            .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+        Ok(pool_status(status.into_inner()))
     }
 
     /// Every pool's state, in name order.
@@ -67,6 +94,23 @@ impl Client {
         let pools = self.pitboss.list_pools(proto::ListPoolsRequest {}).await.context("ListPools failed")?;
         Ok(pools.into_inner().pools.into_iter().map(pool_status).collect())
     }
+}
+
+fn execute_request(pool: &str, request: CallRequest) -> proto::ExecuteRequest {
+    proto::ExecuteRequest {
+        pool: pool.to_owned(),
+        tool: request.tool,
+        payload: request.payload.to_vec(),
+        content_type: content_type_to_proto(request.content_type) as i32,
+        session: request.session.unwrap_or_default(),
+        timeout_ms: request.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
+        metadata: request.metadata.into_iter().collect(),
+        request_id: request.request_id.unwrap_or_default(),
+    }
+}
+
+fn failure(status: &Status) -> CallError {
+    call_error(status).unwrap_or_else(|| unexpected(status))
 }
 
 /// A failure that carries no [`proto::CallError`]: the host (or something
@@ -93,6 +137,8 @@ fn pool_status(p: proto::PoolStatus) -> PoolStatus {
         draining: p.draining,
         in_flight: p.in_flight,
         queued: p.queued,
+        capacity: p.capacity,
+        errors: p.errors.iter().filter_map(|(kind, count)| Some((ErrorKind::parse(kind)?, *count))).collect(),
         served: p.served,
         failed: p.failed,
         crashes: p.crashes,
@@ -101,6 +147,8 @@ fn pool_status(p: proto::PoolStatus) -> PoolStatus {
         degraded: p.degraded,
         router: RouterReport {
             policy: p.router,
+            version: p.router_version,
+            decision_latency: Default::default(),
             decisions: p.router_decisions,
             fallbacks: p.router_fallbacks,
             faults: p.router_faults,
@@ -132,6 +180,10 @@ fn pool_status(p: proto::PoolStatus) -> PoolStatus {
                     served: w.served,
                     rss_bytes: w.rss_bytes,
                     age: Duration::from_millis(w.age_ms),
+                    capacity: w.capacity,
+                    threads: w.threads,
+                    gil_enabled: w.gil_enabled,
+                    last_error: Some(w.last_error).filter(|e| !e.is_empty()),
                 }
             })
             .collect(),

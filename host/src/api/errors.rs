@@ -2,7 +2,8 @@
 //! `google.rpc.Status` whose code and message are the call's, with the
 //! `pitboss.v1.CallError` packed as an `Any`
 //! (`type.googleapis.com/pitboss.v1.CallError`) and the standard details
-//! that fit: `ErrorInfo` (reason = the kind, domain = `pitboss`) always,
+//! that fit: `ErrorInfo` (reason = the kind, domain = `pitboss`, metadata
+//! pool, tool and request_id) always,
 //! `ResourceInfo` for an unknown pool or tool, `RetryInfo` for a saturated
 //! pool. grpcio-status, Java's `StatusProto`, Go's `status.FromError` and
 //! tonic-types all read this without knowing pitboss.
@@ -32,7 +33,10 @@ pub(super) fn status(error: &CallError, pool: &str, tool: &str) -> Status {
     let code = code(error.kind);
     let message = error.to_string();
     let mut standard = ErrorDetails::new();
-    let metadata = HashMap::from([("pool".to_owned(), pool.to_owned()), ("tool".to_owned(), tool.to_owned())]);
+    let mut metadata = HashMap::from([("pool".to_owned(), pool.to_owned()), ("tool".to_owned(), tool.to_owned())]);
+    if let Some(request_id) = &error.request_id {
+        metadata.insert("request_id".to_owned(), request_id.clone());
+    }
     standard.set_error_info(error.kind.as_str(), ERROR_DOMAIN, metadata);
     match error.kind {
         ErrorKind::UnknownPool => {
@@ -54,6 +58,7 @@ pub(super) fn status(error: &CallError, pool: &str, tool: &str) -> Status {
         message: error.message.clone(),
         python_type: error.python_type.clone().unwrap_or_default(),
         traceback: error.traceback.clone().unwrap_or_default(),
+        request_id: error.request_id.clone().unwrap_or_default(),
     };
     rpc_status
         .details
@@ -71,6 +76,7 @@ fn code(kind: ErrorKind) -> Code {
         ErrorKind::Rejected => Code::FailedPrecondition,
         ErrorKind::WorkerCrashed => Code::Aborted,
         ErrorKind::ShuttingDown => Code::Unavailable,
+        ErrorKind::Cancelled => Code::Cancelled,
         ErrorKind::BadResult | ErrorKind::Protocol => Code::Internal,
     }
 }
@@ -86,5 +92,6 @@ pub(super) fn call_error(status: &Status) -> Option<CallError> {
         message: error.message,
         python_type: Some(error.python_type).filter(|t| !t.is_empty()),
         traceback: Some(error.traceback).filter(|t| !t.is_empty()),
+        request_id: Some(error.request_id).filter(|id| !id.is_empty()),
     })
 }

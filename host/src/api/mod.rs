@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
@@ -61,55 +62,110 @@ struct Service {
     host: Arc<Host>,
 }
 
+/// The header a caller may name its request id in (when the message's
+/// `request_id` field is empty); the answer carries it back.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+type ChunkStream = std::pin::Pin<Box<dyn Stream<Item = Result<proto::StreamChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Pitboss for Service {
     async fn execute(
         &self,
         request: Request<proto::ExecuteRequest>,
     ) -> Result<Response<proto::ExecuteResponse>, Status> {
-        let request = request.into_inner();
-        let content_type = match proto::ContentType::try_from(request.content_type) {
-            Ok(content_type) => content_type_from_proto(content_type),
-            Err(_) => {
-                let error = CallError::new(
-                    ErrorKind::BadPayload,
-                    format!("unknown content type {}; use JSON (0) or RAW (1)", request.content_type),
-                );
-                return Err(errors::status(&error, &request.pool, &request.tool));
-            }
-        };
-        let mut metadata: Vec<(String, String)> = request.metadata.into_iter().collect();
-        metadata.sort();
-        let call = CallRequest {
-            tool: request.tool,
-            payload: Bytes::from(request.payload),
-            content_type,
-            session: Some(request.session).filter(|s| !s.is_empty()),
-            metadata,
-            timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
-        };
-        let (pool, tool) = (request.pool, call.tool.clone());
+        let (pool, call) = call_request(request)?;
+        let tool = call.tool.clone();
         match self.host.execute(&pool, call).await {
-            Ok(output) => Ok(Response::new(proto::ExecuteResponse {
-                payload: output.payload.to_vec(),
-                content_type: content_type_to_proto(output.content_type) as i32,
-                worker: output.worker,
-                duration_us: output.duration.as_micros() as u64,
-            })),
+            Ok(output) => {
+                let mut response = Response::new(proto::ExecuteResponse {
+                    payload: output.payload.to_vec(),
+                    content_type: content_type_to_proto(output.content_type) as i32,
+                    worker: output.worker,
+                    duration_us: output.duration.as_micros() as u64,
+                    attempts: output.attempts,
+                    queued_us: output.queued.as_micros() as u64,
+                    request_id: output.request_id.clone().unwrap_or_default(),
+                });
+                if let Some(value) = output.request_id.and_then(|id| id.parse().ok()) {
+                    response.metadata_mut().insert(REQUEST_ID_HEADER, value);
+                }
+                Ok(response)
+            }
             Err(error) => Err(errors::status(&error, &pool, &tool)),
         }
+    }
+
+    type ExecuteStreamStream = ChunkStream;
+
+    async fn execute_stream(
+        &self,
+        request: Request<proto::ExecuteRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let (pool, call) = call_request(request)?;
+        let tool = call.tool.clone();
+        // Dropping this stream (the caller cancelled or went away) drops
+        // the CallStream, which cancels the generator.
+        let chunks = self.host.execute_stream(&pool, call).map(move |chunk| match chunk {
+            Ok(chunk) => Ok(proto::StreamChunk {
+                payload: chunk.payload.to_vec(),
+                content_type: content_type_to_proto(chunk.content_type) as i32,
+                worker: chunk.worker,
+            }),
+            Err(error) => Err(errors::status(&error, &pool, &tool)),
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn list_pools(
         &self,
         _request: Request<proto::ListPoolsRequest>,
     ) -> Result<Response<proto::ListPoolsResponse>, Status> {
-        let pools = self.host.status().await.into_iter().map(pool_status).collect();
+        let pools = self.host.stats().await.into_iter().map(pool_status).collect();
         Ok(Response::new(proto::ListPoolsResponse { pools }))
+    }
+
+    async fn pool_stats(
+        &self,
+        request: Request<proto::PoolStatsRequest>,
+    ) -> Result<Response<proto::PoolStatus>, Status> {
+        let pool = request.into_inner().pool;
+        let status = self.host.pool_stats(&pool).await.map_err(admin::admin_status)?;
+        Ok(Response::new(pool_status(status)))
     }
 }
 
+/// The pool and call an Execute or ExecuteStream request asks for.
+fn call_request(request: Request<proto::ExecuteRequest>) -> Result<(String, CallRequest), Status> {
+    let header_id = request.metadata().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let request = request.into_inner();
+    let content_type = match proto::ContentType::try_from(request.content_type) {
+        Ok(content_type) => content_type_from_proto(content_type),
+        Err(_) => {
+            let error = CallError::new(
+                ErrorKind::BadPayload,
+                format!("unknown content type {}; use JSON (0) or RAW (1)", request.content_type),
+            );
+            return Err(errors::status(&error, &request.pool, &request.tool));
+        }
+    };
+    let mut metadata: Vec<(String, String)> = request.metadata.into_iter().collect();
+    metadata.sort();
+    let call = CallRequest {
+        tool: request.tool,
+        payload: Bytes::from(request.payload),
+        content_type,
+        session: Some(request.session).filter(|s| !s.is_empty()),
+        metadata,
+        timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
+        request_id: Some(request.request_id).filter(|id| !id.is_empty()).or(header_id),
+    };
+    Ok((request.pool, call))
+}
+
 fn pool_status(p: PoolStatus) -> proto::PoolStatus {
+    let utilisation = p.utilisation();
+    let (queue_timeouts, saturations) = (p.errors_of(ErrorKind::QueueTimeout), p.errors_of(ErrorKind::Saturated));
     proto::PoolStatus {
         name: p.name,
         profile: p.profile,
@@ -122,6 +178,12 @@ fn pool_status(p: PoolStatus) -> proto::PoolStatus {
         failed: p.failed,
         crashes: p.crashes,
         degraded: p.degraded,
+        router_version: p.router.version,
+        capacity: p.capacity,
+        utilisation,
+        queue_timeouts,
+        saturations,
+        errors: p.errors.iter().map(|(kind, count)| (kind.as_str().to_owned(), *count)).collect(),
         router: p.router.policy,
         router_decisions: p.router.decisions,
         router_fallbacks: p.router.fallbacks,
@@ -156,6 +218,10 @@ fn pool_status(p: PoolStatus) -> proto::PoolStatus {
                 served: w.served,
                 rss_bytes: w.rss_bytes,
                 age_ms: w.age.as_millis() as u64,
+                capacity: w.capacity,
+                threads: w.threads,
+                gil_enabled: w.gil_enabled,
+                last_error: w.last_error.unwrap_or_default(),
             })
             .collect(),
     }

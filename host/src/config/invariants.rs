@@ -36,6 +36,7 @@ pub(super) fn hard_limits(config: &Config) -> Vec<Diagnostic> {
             ("startup_timeout", Some(pool.startup_timeout)),
             ("request_timeout", Some(pool.request_timeout)),
             ("queue_timeout", Some(pool.queue_timeout)),
+            ("session_idle", Some(pool.session_idle)),
             ("ping_interval", Some(pool.lifecycle.ping_interval)),
             ("worker_ttl", pool.lifecycle.worker_ttl),
         ];

@@ -53,6 +53,8 @@ pub struct HostConfig {
     pub admin_address: PathBuf,
     /// Where compiled policy components are cached; `None` disables it.
     pub policy_cache: Option<PathBuf>,
+    /// Where Prometheus scrapes `/metrics`; `None`: not served.
+    pub metrics_address: Option<SocketAddr>,
     /// How long in-flight calls may run on after a shutdown is asked for.
     pub shutdown_grace: Duration,
     /// The config-rules plugin: `builtin:NAME` or a component path.
@@ -103,6 +105,12 @@ pub struct PoolConfig {
     /// Requests that may wait for a worker; more are refused at once.
     pub queue_limit: usize,
     pub queue_timeout: Duration,
+    /// Times a call to an idempotent tool is retried after its worker
+    /// crashed or timed out.
+    pub retries: u32,
+    /// How long a session's state may go unused in a worker before the
+    /// worker drops it.
+    pub session_idle: Duration,
     /// Calls one worker serves at once: 1 for process pools.
     pub threads_per_worker: u32,
     /// What a thread pool runs instead when its thread workers cannot start.

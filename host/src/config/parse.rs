@@ -113,6 +113,13 @@ fn host_config(raw: &mut Table, base: &Path) -> HostConfig {
         run_dir,
         api_address,
         policy_cache: raw.string("policy_cache").map(|dir| base.join(dir)).or_else(default_policy_cache),
+        metrics_address: raw.string("metrics").and_then(|text| match text.parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                raw.problem("metrics", format!("`{text}` is not an address; write e.g. \"127.0.0.1:9464\""));
+                None
+            }
+        }),
         shutdown_grace: raw.duration("shutdown_grace").unwrap_or(Duration::from_secs(10)),
         config_rules: raw
             .string("config_rules")
@@ -199,6 +206,8 @@ fn read_pool(
         request_timeout: raw.duration("request_timeout").unwrap_or(Duration::from_secs(60)),
         queue_limit: raw.count::<u64>("queue_limit").map_or(1000, |n| usize::try_from(n).unwrap_or(usize::MAX)),
         queue_timeout: raw.duration("queue_timeout").unwrap_or(Duration::from_secs(30)),
+        retries: raw.count("retries").unwrap_or(0),
+        session_idle: raw.duration("session_idle").unwrap_or(Duration::from_secs(30 * 60)),
         threads_per_worker,
         fallback_profile: raw.choice("fallback_profile", "a profile", &Profile::CHOICES),
         thread_safety_checks: raw.boolean("thread_safety_checks").unwrap_or(false),

@@ -28,7 +28,9 @@ use crate::policy::{
     swap_router, Candidate, PluginMeta, PolicyEngine, PolicySource, PolicyVersion, PoolInfo, Rollback, RouterInstance,
     RouterPolicy, RouterSlot, SwapOptions, SwapReport, BUILTIN_COMPAT_RULES, BUILTIN_CONFIG_RULES,
 };
-use crate::pool::{AdminError, CallError, CallOutput, CallRequest, ErrorKind, Pool, PoolServices, PoolStatus};
+use crate::pool::{
+    AdminError, CallError, CallOutput, CallRequest, CallStream, ErrorKind, Pool, PoolServices, PoolStatus,
+};
 use crate::worker::{Spawner, WorkerRecords};
 use rules::{HostRules, RulesSlot};
 
@@ -39,7 +41,32 @@ pub struct Host {
     /// `router_watch` tasks, stopped at shutdown.
     watchers: Vec<tokio::task::JoinHandle<()>>,
     rules: Mutex<HostRules>,
+    request_ids: RequestIds,
     _lock: Flock<File>,
+}
+
+/// Request ids for calls that come without one: this host's prefix and a
+/// counter, unique within the run and cheap to make.
+struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new(run_id: &str) -> Self {
+        // The run id is pid and start time: its hash tells two runs' ids apart.
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(run_id);
+        RequestIds { prefix: format!("{:08x}", hash as u32), next: std::sync::atomic::AtomicU64::new(1) }
+    }
+
+    /// `request`'s id, made now if the caller gave none.
+    fn assign(&self, request: &mut CallRequest) {
+        if request.request_id.is_none() {
+            let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            request.request_id = Some(format!("{}-{n}", self.prefix));
+        }
+    }
 }
 
 /// Which policy a history is of.
@@ -83,6 +110,7 @@ impl Host {
 
         let run_id =
             format!("{}-{}", std::process::id(), SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_nanos());
+        let request_ids = RequestIds::new(&run_id);
         let records = WorkerRecords::open(run_dir, run_id)
             .with_context(|| format!("cannot use the run directory {}", run_dir.display()))?;
         let swept = records.sweep().context("sweeping workers of an earlier run")?;
@@ -139,18 +167,40 @@ impl Host {
                 Some(watch::spawn(path, engine.clone(), slot, info, limits))
             })
             .collect();
-        Ok(Host { config, pools, engine, watchers, rules, _lock: lock })
+        Ok(Host { config, pools, engine, watchers, rules, request_ids, _lock: lock })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Runs one call on `pool`.
-    pub async fn execute(&self, pool: &str, request: CallRequest) -> Result<CallOutput, CallError> {
+    /// Runs one call on `pool`. The call gets a request id unless it has
+    /// one (see [`CallRequest::request_id`]); a failure carries it.
+    /// Dropping the future before the answer cancels the call: a queued
+    /// call never runs, a running one is told (`context.cancelled()`).
+    pub async fn execute(&self, pool: &str, mut request: CallRequest) -> Result<CallOutput, CallError> {
+        self.request_ids.assign(&mut request);
         match self.pools.get(pool) {
             Some(served) => served.pool.execute(request).await,
-            None => Err(CallError::new(ErrorKind::UnknownPool, self.unknown_pool(pool))),
+            None => Err(CallError {
+                request_id: request.request_id,
+                ..CallError::new(ErrorKind::UnknownPool, self.unknown_pool(pool))
+            }),
+        }
+    }
+
+    /// Runs one call on `pool` whose answer streams: the chunks a generator
+    /// tool yields, as it yields them. Reading the stream slowly slows the
+    /// generator (16 chunks at most are in flight); dropping it before its
+    /// end stops the generator.
+    pub fn execute_stream(&self, pool: &str, mut request: CallRequest) -> CallStream {
+        self.request_ids.assign(&mut request);
+        match self.pools.get(pool) {
+            Some(served) => served.pool.execute_stream(request),
+            None => CallStream::failed(CallError {
+                request_id: request.request_id,
+                ..CallError::new(ErrorKind::UnknownPool, self.unknown_pool(pool))
+            }),
         }
     }
 
@@ -281,12 +331,18 @@ impl Host {
     }
 
     /// Every pool's state, in name order.
-    pub async fn status(&self) -> Vec<PoolStatus> {
+    pub async fn stats(&self) -> Vec<PoolStatus> {
         let mut all = Vec::new();
         for served in self.pools.values() {
             all.extend(served.pool.status().await);
         }
         all
+    }
+
+    /// One pool's state.
+    pub async fn pool_stats(&self, pool: &str) -> Result<PoolStatus, AdminError> {
+        let served = self.pools.get(pool).ok_or_else(|| AdminError::NotFound(self.unknown_pool(pool)))?;
+        served.pool.status().await.ok_or_else(|| AdminError::Refused(format!("pool `{pool}` has stopped")))
     }
 
     /// Stops taking calls, lets calls in flight finish within the

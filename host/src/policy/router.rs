@@ -250,6 +250,9 @@ pub struct RouterStats {
     hook_calls: AtomicU64,
     faults: [AtomicU64; FaultKind::ALL.len()],
     log: Arc<LogCounters>,
+    /// Decisions by latency bucket ([`pool::DECISION_BUCKETS_NS`]).
+    latency: [AtomicU64; pool::DECISION_BUCKETS_NS.len() + 1],
+    latency_sum_ns: AtomicU64,
 }
 
 /// A point-in-time copy of [`RouterStats`].
@@ -296,6 +299,20 @@ impl RouterStats {
                 .collect(),
             log_lines: self.log.emitted.load(Ordering::Relaxed),
             log_lines_dropped: self.log.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_latency(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = pool::DECISION_BUCKETS_NS.iter().position(|bound| ns <= *bound).unwrap_or(self.latency.len() - 1);
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn decision_latency(&self) -> pool::DecisionLatency {
+        pool::DecisionLatency {
+            counts: self.latency.iter().map(|count| count.load(Ordering::Relaxed)).collect(),
+            sum_ns: self.latency_sum_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -347,6 +364,7 @@ impl RouterInstance {
     /// Decides where `request` goes. Never fails: a fault in the policy is
     /// reported in the result and the native least-loaded rule decides.
     pub fn route(&mut self, request: &RequestView, workers: &[WorkerView]) -> Routed {
+        let started = Instant::now();
         self.stats.decisions.fetch_add(1, Ordering::Relaxed);
         let routed = match self.ensure_live() {
             // Waiting out a failed rebuild: the native rule decides.
@@ -368,6 +386,7 @@ impl RouterInstance {
             }
         };
         self.slot.decisions().record(request, workers, &routed.decision);
+        self.stats.count_latency(started.elapsed());
         routed
     }
 
@@ -456,6 +475,8 @@ impl pool::Router for RouterInstance {
         let stats = self.stats.snapshot();
         RouterReport {
             policy: self.policy.label.clone(),
+            version: self.policy.meta.to_string(),
+            decision_latency: self.stats.decision_latency(),
             decisions: stats.decisions,
             fallbacks: stats.fallbacks,
             faults: stats.total_faults(),

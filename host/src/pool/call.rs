@@ -23,6 +23,9 @@ pub struct CallRequest {
     /// Worker-side time limit, at most the pool's `request_timeout`; `None`
     /// uses that.
     pub timeout: Option<Duration>,
+    /// The caller's id for the call, shown in the host's log, to the tool
+    /// (`context.request_id`) and in its error; `None`: the host makes one.
+    pub request_id: Option<String>,
 }
 
 impl CallRequest {
@@ -35,6 +38,7 @@ impl CallRequest {
             session: None,
             metadata: Vec::new(),
             timeout: None,
+            request_id: None,
         }
     }
 }
@@ -48,6 +52,13 @@ pub struct CallOutput {
     pub worker: u32,
     /// From dispatch to answer.
     pub duration: Duration,
+    /// Waiting in the queue before dispatch (of the last attempt).
+    pub queued: Duration,
+    /// 1, or more when an idempotent call was retried after its worker
+    /// crashed or timed out.
+    pub attempts: u32,
+    /// The call's request id (the caller's or the host's).
+    pub request_id: Option<String>,
 }
 
 /// Why a call failed. `kind` is stable and machine-readable.
@@ -58,9 +69,11 @@ pub struct CallError {
     /// The Python exception type, when the tool raised.
     pub python_type: Option<String>,
     pub traceback: Option<String>,
+    /// The call's request id, once the host has given it one.
+    pub request_id: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorKind {
     UnknownPool,
     UnknownTool,
@@ -79,11 +92,13 @@ pub enum ErrorKind {
     Rejected,
     WorkerCrashed,
     ShuttingDown,
+    /// The caller went away and the call was stopped.
+    Cancelled,
     Protocol,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::UnknownPool,
         ErrorKind::UnknownTool,
         ErrorKind::BadArguments,
@@ -96,6 +111,7 @@ impl ErrorKind {
         ErrorKind::Rejected,
         ErrorKind::WorkerCrashed,
         ErrorKind::ShuttingDown,
+        ErrorKind::Cancelled,
         ErrorKind::Protocol,
     ];
 
@@ -118,6 +134,7 @@ impl ErrorKind {
             ErrorKind::Rejected => "rejected",
             ErrorKind::WorkerCrashed => "worker_crashed",
             ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Protocol => "protocol",
         }
     }
@@ -127,7 +144,9 @@ impl ErrorKind {
     fn from_worker(kind: &str) -> ErrorKind {
         use ErrorKind::*;
         match ErrorKind::parse(kind) {
-            Some(kind @ (UnknownTool | BadArguments | BadPayload | BadResult | Exception | ShuttingDown)) => kind,
+            Some(kind @ (UnknownTool | BadArguments | BadPayload | BadResult | Exception | ShuttingDown | Cancelled)) => {
+                kind
+            }
             _ => Protocol,
         }
     }
@@ -135,7 +154,7 @@ impl ErrorKind {
 
 impl CallError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        CallError { kind, message: message.into(), python_type: None, traceback: None }
+        CallError { kind, message: message.into(), python_type: None, traceback: None, request_id: None }
     }
 
     pub(super) fn from_worker(error: WorkerError) -> Self {
@@ -144,6 +163,7 @@ impl CallError {
             message: error.message,
             python_type: error.python_type,
             traceback: error.traceback,
+            request_id: None,
         }
     }
 }

@@ -15,21 +15,21 @@ use tokio::time::{sleep_until, MissedTickBehavior};
 
 use super::call::{AdminError, CallError, CallOutput, CallRequest, ErrorKind};
 use super::core::{Completion, Core, Effect, Input, Sample, StopSignal, WorkerReady};
+use super::reply::{Caller, Reply};
 use super::routing::Router;
 use super::status::PoolStatus;
 use super::PoolServices;
 use crate::config::PoolConfig;
-use crate::worker::{self, CallOutcome, StartError, WorkerExit, WorkerHandle};
+use crate::worker::{self, CallOutcome, ContentType, StartError, WorkerExit, WorkerHandle};
 
 /// Longest gap between two health rounds (memory samples, ttl, stop steps);
 /// pings may ask for shorter.
 const MAX_HEALTH_PERIOD: Duration = Duration::from_secs(1);
 
-/// How a caller gets its answer.
-pub(super) type Reply = oneshot::Sender<Result<CallOutput, CallError>>;
-
 pub(super) enum Event {
     Submit { request: CallRequest, reply: Reply },
+    /// An idempotent call whose worker crashed or timed out, sent again.
+    Retry { request: CallRequest, reply: Reply, failed_on: u32 },
     Finished(Completion),
     Started { id: u32, outcome: Result<WorkerHandle, StartError> },
     Recycle { worker: u32, reply: oneshot::Sender<Result<(), AdminError>> },
@@ -49,8 +49,10 @@ pub(super) fn spawn(
     let (exits, exit_events) = mpsc::unbounded_channel();
     let (started, started_rx) = oneshot::channel();
     let health_period = config.lifecycle.ping_interval.min(MAX_HEALTH_PERIOD);
+    let pool: std::sync::Arc<str> = config.name.as_str().into();
     let mut core = Core::new(config, index, services.socket_dir.clone(), router, Instant::now());
     let mut effector = Effector {
+        pool,
         handles: HashMap::new(),
         events: events.downgrade(),
         exits,
@@ -72,6 +74,8 @@ struct Driver {
 
 /// Carries out effects; everything the core must not hold.
 struct Effector {
+    /// The pool's name, for log lines.
+    pool: std::sync::Arc<str>,
     handles: HashMap<u32, WorkerHandle>,
     /// For the pool's own tasks. Weak, so that dropping every
     /// [`super::Pool`] handle ends the pool.
@@ -129,7 +133,8 @@ impl Driver {
     fn accept(&mut self, event: Event) -> Option<Input<Reply>> {
         let now = Instant::now();
         Some(match event {
-            Event::Submit { request, reply } => Input::Submit { request, reply },
+            Event::Submit { request, reply } => Input::Submit { request, reply, avoid: None },
+            Event::Retry { request, reply, failed_on } => Input::Submit { request, reply, avoid: Some(failed_on) },
             Event::Finished(call) => Input::Finished(call),
             Event::Started { id, outcome } => {
                 let outcome = outcome.map(|handle| {
@@ -137,6 +142,7 @@ impl Driver {
                         pid: handle.pid,
                         hello: handle.hello.clone(),
                         rss_bytes: handle.rss_bytes().unwrap_or(0),
+                        threads: worker::thread_count(handle.pid).unwrap_or(0),
                     };
                     self.effector.handles.insert(id, handle);
                     ready
@@ -173,37 +179,48 @@ impl Effector {
                     notify(&events, Event::Started { id, outcome });
                 });
             }
-            Effect::Call { worker, request_id, request, reply, deadline, timeout } => {
+            Effect::Call { worker, request_id, request, reply, deadline, timeout, queued, retry } => {
                 let handle = self.handles.get(&worker).expect("the core calls only workers that said hello");
-                let events = self.events.clone();
-                let tool = request.tool.clone();
+                let call = worker::Call {
+                    id: request_id,
+                    tool: request.tool.clone(),
+                    content_type: request.content_type,
+                    stream: reply.streams(),
+                    trace_id: request.request_id.clone().unwrap_or_default(),
+                    session: request.session.clone(),
+                    payload: request.payload.clone(),
+                };
+                let on_chunk = reply.chunk_sink(worker);
+                reply.dispatched(handle.control(), request_id);
+                let (events, pool) = (self.events.clone(), self.pool.clone());
                 let started = Instant::now();
                 // Runs where the outcome is learnt: the connection's reader,
                 // the worker's driver, or an abandon (Abandoned).
                 let on_answer = Box::new(move |outcome| {
                     let duration = started.elapsed();
-                    let (result, timed_out) = answer(outcome, worker, duration, timeout);
+                    let (result, timed_out) = answer(outcome, worker, duration, timeout, queued, reply.attempt());
                     // The pool hears first, so a caller who asks for the
                     // pool's status after its answer never sees its call
                     // still in flight.
-                    let ok = result.is_ok();
-                    let finished = Event::Finished(Completion {
-                        worker,
-                        request_id,
-                        deadline,
-                        tool,
-                        ok,
-                        latency: duration,
-                        timed_out,
-                    });
-                    notify(&events, finished);
-                    let _ = reply.send(result);
+                    let error = result.as_ref().err().cloned();
+                    let tool = request.tool.clone();
+                    notify(
+                        &events,
+                        Event::Finished(Completion { worker, request_id, deadline, tool, error, latency: duration, timed_out }),
+                    );
+                    match result {
+                        Err(error) if retry && retryable(&error) && !reply.has_left() => {
+                            tracing::warn!(pool = %pool, request_id = request.request_id.as_deref().unwrap_or(""),
+                                tool = %request.tool, worker, attempt = reply.attempt(), error = %error,
+                                "retrying an idempotent call on another worker");
+                            notify(&events, Event::Retry { request, reply: reply.retried(), failed_on: worker });
+                        }
+                        result => reply.finish(result),
+                    }
                 });
-                handle.call(request_id, &request.tool, request.content_type, request.payload, on_answer);
+                handle.call(call, on_chunk, on_answer);
             }
-            Effect::Fail { reply, error } => {
-                let _ = reply.send(Err(error));
-            }
+            Effect::Fail { reply, error } => reply.finish(Err(error)),
             Effect::Abandon { worker, request_id } => {
                 if let Some(handle) = self.handles.get(&worker) {
                     handle.abandon(request_id);
@@ -238,6 +255,7 @@ impl Effector {
             .map(|(&worker, handle)| Sample {
                 worker,
                 rss_bytes: handle.rss_bytes().unwrap_or(0),
+                threads: worker::thread_count(handle.pid).unwrap_or(0),
                 last_pong: handle.last_pong(),
             })
             .collect()
@@ -250,11 +268,14 @@ fn answer(
     worker: u32,
     duration: Duration,
     timeout: Duration,
+    queued: Duration,
+    attempts: u32,
 ) -> (Result<CallOutput, CallError>, bool) {
+    let output =
+        |payload, content_type| Ok(CallOutput { payload, content_type, worker, duration, queued, attempts, request_id: None });
     match outcome {
-        CallOutcome::Done { content_type, payload } => {
-            (Ok(CallOutput { payload, content_type, worker, duration }), false)
-        }
+        CallOutcome::Done { content_type, payload } => (output(payload, content_type), false),
+        CallOutcome::Ended => (output(bytes::Bytes::new(), ContentType::Json), false),
         CallOutcome::Failed(error) => (Err(CallError::from_worker(error)), false),
         CallOutcome::Crashed(how) => {
             (Err(CallError::new(ErrorKind::WorkerCrashed, format!("the worker crashed: {how}"))), false)
@@ -264,6 +285,11 @@ fn answer(
             (Err(CallError::new(ErrorKind::Timeout, message)), true)
         }
     }
+}
+
+/// Failures after which an idempotent call may run again elsewhere.
+fn retryable(error: &CallError) -> bool {
+    matches!(error.kind, ErrorKind::WorkerCrashed | ErrorKind::Timeout)
 }
 
 fn notify(events: &mpsc::WeakUnboundedSender<Event>, event: Event) {

@@ -18,6 +18,7 @@ mod call;
 mod core;
 mod driver;
 mod lifecycle;
+mod reply;
 mod routing;
 mod status;
 
@@ -27,8 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use call::{AdminError, CallError, CallOutput, CallRequest, ErrorKind};
 pub use lifecycle::{usable_cpus, Reason, RecycleCounts};
+pub use reply::{CallStream, StreamChunk};
 pub use routing::{
-    has_room, least_loaded, Decision, LeastLoaded, RequestView, Router, RouterReport, WorkerState, WorkerView,
+    has_room, least_loaded, Decision, DecisionLatency, LeastLoaded, RequestView, Router, RouterReport, WorkerState,
+    WorkerView, DECISION_BUCKETS_NS,
 };
 pub use status::{PoolFacts, PoolStatus, WorkerStatus};
 
@@ -74,14 +77,32 @@ impl Pool {
         }
     }
 
+    /// Runs one call. Dropping the future before it is answered cancels
+    /// the call (see [`CallStream`] for what that does to the worker).
     pub async fn execute(&self, request: CallRequest) -> Result<CallOutput, CallError> {
-        let (reply, answer) = oneshot::channel();
-        if self.events.send(driver::Event::Submit { request, reply }).is_err() {
-            return Err(CallError::new(ErrorKind::ShuttingDown, format!("pool `{}` has stopped", self.name)));
+        let request_id = request.request_id.clone();
+        let (reply, waiter) = reply::Reply::single(request.request_id.clone());
+        self.submit(request, reply);
+        waiter.answer().await.unwrap_or_else(|| Err(self.stopped(request_id)))
+    }
+
+    /// Runs one call whose answer streams.
+    pub fn execute_stream(&self, request: CallRequest) -> CallStream {
+        let (reply, stream) = reply::Reply::stream(request.request_id.clone());
+        self.submit(request, reply);
+        stream
+    }
+
+    fn submit(&self, request: CallRequest, reply: reply::Reply) {
+        if let Err(mpsc::error::SendError(driver::Event::Submit { reply, .. })) =
+            self.events.send(driver::Event::Submit { request, reply })
+        {
+            reply.finish(Err(self.stopped(None)));
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(CallError::new(ErrorKind::ShuttingDown, format!("pool `{}` has stopped", self.name)))
-        })
+    }
+
+    fn stopped(&self, request_id: Option<String>) -> CallError {
+        CallError { request_id, ..CallError::new(ErrorKind::ShuttingDown, format!("pool `{}` has stopped", self.name)) }
     }
 
     /// Recycles one worker the way the lifecycle limits do: it takes no new

@@ -74,11 +74,29 @@ impl Decision {
     }
 }
 
+/// Upper bounds, in nanoseconds, of the decision-latency buckets; one more
+/// bucket holds everything slower.
+pub const DECISION_BUCKETS_NS: [u64; 10] =
+    [1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 1_000_000, 10_000_000];
+
+/// How long a router's decisions took: a histogram over
+/// [`DECISION_BUCKETS_NS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecisionLatency {
+    /// Decisions per bucket (not cumulative); one more than the bounds,
+    /// or empty when nothing was measured.
+    pub counts: Vec<u64>,
+    pub sum_ns: u64,
+}
+
 /// What a pool knows about the policy that routes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouterReport {
     /// `builtin:NAME` or the component path of the version routing now.
     pub policy: String,
+    /// The live version's declared `name@version` and sha256 prefix.
+    pub version: String,
+    pub decision_latency: DecisionLatency,
     /// Routing calls answered (by the policy or its fallback).
     pub decisions: u64,
     /// Calls decided by the native fallback because the policy faulted.

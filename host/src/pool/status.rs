@@ -4,8 +4,10 @@
 //! Owns: the status types. Must not touch: the dispatcher's state (the
 //! core builds these from it).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::call::ErrorKind;
 use super::lifecycle::RecycleCounts;
 use super::routing::RouterReport;
 
@@ -29,9 +31,14 @@ pub struct PoolStatus {
     pub draining: u32,
     pub in_flight: u32,
     pub queued: u32,
+    /// Calls the pool can run at once now: serving workers × threads each.
+    pub capacity: u32,
     /// Calls answered (successfully or not) since the pool started.
     pub served: u64,
     pub failed: u64,
+    /// Failed calls by kind: those workers answered and those the pool
+    /// refused (saturated, queue timeout, ...).
+    pub errors: BTreeMap<ErrorKind, u64>,
     /// Workers that exited without being asked to.
     pub crashes: u64,
     /// Workers started to replace others (recycles, crashes, timeouts,
@@ -62,6 +69,22 @@ pub struct PoolFacts {
     pub threads_per_worker: u32,
 }
 
+impl PoolStatus {
+    /// `in_flight / capacity`, 0 without capacity.
+    pub fn utilisation(&self) -> f64 {
+        if self.capacity == 0 {
+            0.0
+        } else {
+            f64::from(self.in_flight) / f64::from(self.capacity)
+        }
+    }
+
+    /// Failed calls of `kind`.
+    pub fn errors_of(&self, kind: ErrorKind) -> u64 {
+        self.errors.get(&kind).copied().unwrap_or(0)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct WorkerStatus {
     pub id: u32,
@@ -73,9 +96,18 @@ pub struct WorkerStatus {
     /// it finishes its calls).
     pub ready: bool,
     pub in_flight: u32,
+    /// Calls it serves at once.
+    pub capacity: u32,
     pub served: u64,
-    /// At the last sample (about once a second).
+    /// The Python process's resident memory at the last sample (about
+    /// once a second).
     pub rss_bytes: u64,
+    /// The process's OS threads at the last sample.
+    pub threads: u32,
+    /// Whether the GIL is on in it, as it reported after its imports.
+    pub gil_enabled: bool,
+    /// The last call that failed on it: "kind: message".
+    pub last_error: Option<String>,
     pub age: Duration,
 }
 

@@ -56,9 +56,29 @@ impl Driver {
         tokio::spawn(async move {
             let ended = loop {
                 let (call, outcome) = match read_frame(&mut call_reader).await {
-                    Ok(Some(Frame::Result { id, content_type, payload })) => {
-                        (id, CallOutcome::Done { content_type, payload })
+                    Ok(Some(Frame::Result { id: call, content_type, payload })) => {
+                        let mut pending = lock(&pending);
+                        // A streaming call whose tool returned one value:
+                        // a stream of that one chunk.
+                        if let Some(on_chunk) = pending.calls.get_mut(&call).and_then(|c| c.on_chunk.as_mut()) {
+                            on_chunk(content_type, payload);
+                            (call, CallOutcome::Ended)
+                        } else {
+                            (call, CallOutcome::Done { content_type, payload })
+                        }
                     }
+                    Ok(Some(Frame::StreamChunk { id: call, content_type, payload })) => {
+                        match lock(&pending).calls.get_mut(&call).map(|c| c.on_chunk.as_mut()) {
+                            Some(Some(on_chunk)) => on_chunk(content_type, payload),
+                            Some(None) => {
+                                tracing::warn!(pool = %call_pool, worker = id, "ignoring a stream chunk of a call that does not stream")
+                            }
+                            // Abandoned: nobody reads it any more.
+                            None => {}
+                        }
+                        continue;
+                    }
+                    Ok(Some(Frame::StreamEnd { id })) => (id, CallOutcome::Ended),
                     Ok(Some(Frame::Error { id, error })) => (id, CallOutcome::Failed(error)),
                     Ok(Some(other)) => {
                         tracing::warn!(pool = %call_pool, worker = id, "ignoring an unexpected frame on the call connection: {other:?}");
@@ -69,9 +89,9 @@ impl Driver {
                 };
                 // An answer to a call nobody waits for any more (it was
                 // abandoned) is dropped here.
-                let on_answer = lock(&pending).calls.remove(&call);
-                if let Some(on_answer) = on_answer {
-                    on_answer(outcome);
+                let taken = lock(&pending).calls.remove(&call);
+                if let Some(taken) = taken {
+                    (taken.on_answer)(outcome);
                 }
             };
             let _ = closed_by_calls.send(ended).await;
@@ -140,7 +160,7 @@ impl Driver {
         let held: Vec<_> = {
             let mut pending = lock(&pending);
             pending.gone = Some(how.clone());
-            pending.calls.drain().map(|(_, reply)| reply).collect()
+            pending.calls.drain().map(|(_, call)| call.on_answer).collect()
         };
         for on_answer in held {
             on_answer(CallOutcome::Crashed(how.clone()));

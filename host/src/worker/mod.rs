@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 
 use connection::FrameWriter;
 use protocol::Frame;
-pub use protocol::{ContentType, Hello, WorkerError};
+pub use protocol::{Call, ContentType, Hello, WorkerError, STREAM_WINDOW};
 pub use records::{process_start_time, WorkerRecords};
 pub use spawn::Spawner;
 pub use start::{start, StartError};
@@ -60,6 +60,8 @@ pub struct WorkerSpec {
     pub threads: u32,
     /// Ask the worker to watch for unsafe concurrent use of its tools.
     pub thread_safety_checks: bool,
+    /// How long the worker keeps a session's state unused.
+    pub session_idle: Duration,
 }
 
 /// How one call ended, from the worker's side.
@@ -69,6 +71,8 @@ pub enum CallOutcome {
         content_type: ContentType,
         payload: Bytes,
     },
+    /// A streaming call's end, after its chunks.
+    Ended,
     Failed(WorkerError),
     /// The worker died before answering; says how.
     Crashed(String),
@@ -82,6 +86,17 @@ pub enum CallOutcome {
 /// call), exactly once.
 pub type OnAnswer = Box<dyn FnOnce(CallOutcome) + Send>;
 
+/// What to do with each chunk of a streaming call, in order, on the
+/// connection's reader; the [`OnAnswer`] follows the last one.
+pub type OnChunk = Box<dyn FnMut(ContentType, Bytes) + Send>;
+
+/// A call the worker holds.
+struct PendingCall {
+    on_answer: OnAnswer,
+    /// Set for a streaming call.
+    on_chunk: Option<OnChunk>,
+}
+
 /// A worker process that has gone.
 #[derive(Debug)]
 pub struct WorkerExit {
@@ -94,7 +109,7 @@ pub struct WorkerExit {
 /// them, and its driver fails the rest when the process is gone.
 #[derive(Default)]
 struct Pending {
-    calls: HashMap<u64, OnAnswer>,
+    calls: HashMap<u64, PendingCall>,
     /// Set once the worker is gone: how it ended.
     gone: Option<String>,
 }
@@ -124,10 +139,12 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Sends a call; `on_answer` gets its outcome. If the worker is gone it
-    /// gets `Crashed` at once.
-    pub fn call(&self, id: u64, tool: &str, content_type: ContentType, payload: Bytes, on_answer: OnAnswer) {
-        let frame = match (Frame::Call { id, tool: tool.to_owned(), content_type, payload }).encode() {
+    /// Sends a call; `on_chunk` (for a streaming call) gets its chunks and
+    /// `on_answer` its outcome. If the worker is gone `on_answer` gets
+    /// `Crashed` at once.
+    pub fn call(&self, call: Call, on_chunk: Option<OnChunk>, on_answer: OnAnswer) {
+        let id = call.id;
+        let frame = match Frame::Call(call).encode() {
             Ok(frame) => frame,
             Err(err) => {
                 on_answer(CallOutcome::Failed(WorkerError {
@@ -145,7 +162,7 @@ impl WorkerHandle {
             on_answer(CallOutcome::Crashed(how));
             return;
         }
-        pending.calls.insert(id, on_answer);
+        pending.calls.insert(id, PendingCall { on_answer, on_chunk });
         drop(pending);
         // If the connection is broken, the process is going: the driver
         // fails the call once it has its exit status.
@@ -157,12 +174,17 @@ impl WorkerHandle {
     pub fn abandon(&self, id: u64) -> bool {
         let taken = lock(&self.pending).calls.remove(&id);
         match taken {
-            Some(on_answer) => {
-                on_answer(CallOutcome::Abandoned);
+            Some(call) => {
+                (call.on_answer)(CallOutcome::Abandoned);
                 true
             }
             None => false,
         }
+    }
+
+    /// What a caller needs to cancel its call or grant its stream credit.
+    pub fn control(&self) -> WorkerControl {
+        WorkerControl(self.control.clone())
     }
 
     /// Sends PING `sequence`; [`Self::last_pong`] shows when it was answered.
@@ -195,6 +217,30 @@ impl WorkerHandle {
     pub fn shutdown(&self) {
         self.control.send(Frame::Shutdown.encode().expect("the shutdown frame encodes"));
     }
+}
+
+/// A caller's line to the worker that runs its call: cancel it, grant a
+/// stream more credit. Cheap to clone; frames to a gone worker are dropped.
+#[derive(Clone)]
+pub struct WorkerControl(FrameWriter);
+
+impl WorkerControl {
+    /// Asks the worker to stop call `id` (docs/protocol.md, CANCEL). The
+    /// call still ends with its own outcome.
+    pub fn cancel(&self, id: u64) {
+        self.0.send(Frame::Cancel { id }.encode().expect("a cancel frame encodes"));
+    }
+
+    /// Lets the worker send `chunks` more chunks of stream `id`.
+    pub fn credit(&self, id: u64, chunks: u32) {
+        self.0.send(Frame::Credit { id, chunks }.encode().expect("a credit frame encodes"));
+    }
+}
+
+/// Threads of process `pid` now, from /proc; `None` once it is gone.
+pub fn thread_count(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
 }
 
 /// Resident memory of process `pid` now, from /proc; `None` once it is gone.

@@ -184,7 +184,9 @@ fn command(spec: &WorkerSpec) -> Command {
         .args(["-m", "pitboss_worker", "--adapter", &spec.adapter, "--socket"])
         .arg(&spec.socket_path)
         .arg("--threads")
-        .arg(spec.threads.to_string());
+        .arg(spec.threads.to_string())
+        .arg("--session-idle-s")
+        .arg(spec.session_idle.as_secs().max(1).to_string());
     if spec.thread_safety_checks {
         command.arg("--thread-safety-checks");
     }

@@ -1,16 +1,16 @@
 //! Admission: a request is refused, queued or placed; placed calls carry a
 //! deadline, and their outcome frees the worker again.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{Core, Effect, Queued};
+use super::{Caller, Completion, Core, Effect, Queued};
 use crate::config::Profile;
 use crate::pool::call::{CallError, CallRequest, ErrorKind};
 use crate::pool::lifecycle::Reason;
-use crate::pool::routing::{has_room, least_loaded, Decision, RequestView, WorkerView};
+use crate::pool::routing::{has_room, least_loaded, Decision, RequestView, WorkerState, WorkerView};
 
-impl<R> Core<R> {
-    pub(super) fn submit(&mut self, request: CallRequest, reply: R, now: Instant) {
+impl<R: Caller> Core<R> {
+    pub(super) fn submit(&mut self, request: CallRequest, reply: R, avoid: Option<u32>, now: Instant) {
         if self.shutdown.is_some() {
             self.fail(reply, self.shutting_down());
             return;
@@ -33,7 +33,7 @@ impl<R> Core<R> {
         }
         // Behind anything already waiting, so the queue stays in order; the
         // router places it now if it can.
-        self.queue.push_back(Queued { request, reply, deadline: now + self.config.queue_timeout });
+        self.queue.push_back(Queued { request, reply, deadline: now + self.config.queue_timeout, enqueued_at: now, avoid });
         self.pump(now);
         if self.config.queue_limit == 0 {
             if let Some(unplaced) = self.queue.pop_back() {
@@ -43,6 +43,7 @@ impl<R> Core<R> {
     }
 
     pub(super) fn fail(&mut self, reply: R, error: CallError) {
+        *self.errors.entry(error.kind).or_default() += 1;
         self.effects.push(Effect::Fail { reply, error });
     }
 
@@ -64,13 +65,18 @@ impl<R> Core<R> {
     /// Places queued requests, oldest first, while the router finds workers.
     pub(super) fn pump(&mut self, now: Instant) {
         while let Some(front) = self.queue.front() {
+            if front.reply.has_left() {
+                self.queue.pop_front();
+                continue;
+            }
+            let avoid = front.avoid;
             let view = RequestView {
                 tool: front.request.tool.clone(),
                 session: front.request.session.clone(),
                 payload_size: front.request.payload.len() as u64,
                 metadata: front.request.metadata.clone(),
             };
-            match self.decide(&view, now) {
+            match self.decide(&view, avoid, now) {
                 Decision::Worker(id) => {
                     let queued = self.queue.pop_front().expect("front exists");
                     self.dispatch(id, queued, now);
@@ -84,8 +90,9 @@ impl<R> Core<R> {
         }
     }
 
-    /// Asks the router where `request` goes, showing it every worker.
-    fn decide(&mut self, request: &RequestView, now: Instant) -> Decision {
+    /// Asks the router where `request` goes, showing it every worker (a
+    /// retry's `avoid` as draining, so it lands elsewhere).
+    fn decide(&mut self, request: &RequestView, avoid: Option<u32>, now: Instant) -> Decision {
         let capacity = self.threads();
         self.views.clear();
         self.views.extend(self.workers.iter().map(|w| WorkerView {
@@ -95,7 +102,7 @@ impl<R> Core<R> {
             served: w.served,
             age_ms: now.duration_since(w.spawned_at).as_millis() as u64,
             rss_bytes: w.rss_bytes,
-            state: w.router_state(),
+            state: if Some(w.id) == avoid { WorkerState::Draining } else { w.router_state() },
         }));
         match self.router.route(request, &self.views) {
             // A router behind the trait may be any code: the table stays
@@ -117,13 +124,17 @@ impl<R> Core<R> {
         let nearly_used_up = worker.limits.calls_nearly_used_up(worker.dispatched);
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let Queued { request, reply, .. } = queued;
+        let Queued { request, reply, enqueued_at, .. } = queued;
+        let retry = reply.attempt() <= self.config.retries
+            && !reply.streams()
+            && self.idempotent.iter().any(|tool| *tool == request.tool);
         // A caller may ask for less time than the pool allows, never more.
         let timeout =
             request.timeout.map_or(self.config.request_timeout, |asked| asked.min(self.config.request_timeout));
         let deadline = now + timeout;
         self.call_deadlines.insert((deadline, request_id, worker_id));
-        self.effects.push(Effect::Call { worker: worker_id, request_id, request, reply, deadline, timeout });
+        let queued = now.duration_since(enqueued_at);
+        self.effects.push(Effect::Call { worker: worker_id, request_id, request, reply, deadline, timeout, queued, retry });
         if used_up {
             self.retire(worker_id, Reason::MaxRequests, now);
         } else if nearly_used_up {
@@ -131,24 +142,23 @@ impl<R> Core<R> {
         }
     }
 
-    pub(super) fn finished(
-        &mut self,
-        worker_id: u32,
-        tool: &str,
-        ok: bool,
-        latency: Duration,
-        timed_out: bool,
-        now: Instant,
-    ) {
+    pub(super) fn finished(&mut self, call: Completion, now: Instant) {
+        let Completion { worker: worker_id, tool, error, latency, timed_out, .. } = call;
         self.served += 1;
-        if ok {
-            self.backoff.reset();
-        } else {
-            self.failed += 1;
+        let ok = error.is_none();
+        match &error {
+            None => self.backoff.reset(),
+            Some(error) => {
+                self.failed += 1;
+                *self.errors.entry(error.kind).or_default() += 1;
+            }
         }
         if let Some(worker) = self.worker_mut(worker_id) {
             worker.in_flight -= 1;
             worker.served += 1;
+            if let Some(error) = error {
+                worker.last_error = Some(format!("{}: {}", error.kind.as_str(), error.message));
+            }
         }
         // A worker that overran may still be computing the abandoned call
         // (its late answer is dropped: request ids are never reused). A
@@ -160,7 +170,7 @@ impl<R> Core<R> {
                 Profile::Thread => self.retire(worker_id, Reason::Timeout, now),
             }
         }
-        self.router.on_complete(worker_id, tool, ok, latency);
+        self.router.on_complete(worker_id, &tool, ok, latency);
         self.advance_recycles(now);
         self.pump(now);
     }

@@ -1,6 +1,7 @@
 //! Delays between replacements of workers that keep crashing, so a broken
 //! adapter does not spin the machine, and the pool's "degraded" flag.
 
+use super::Caller;
 use std::time::{Duration, Instant};
 
 use super::{Core, Phase};
@@ -48,7 +49,7 @@ impl CrashBackoff {
     }
 }
 
-impl<R> Core<R> {
+impl<R: Caller> Core<R> {
     /// Schedules a replacement for a crashed or unstartable worker: at once
     /// for the first crash in a row, then with doubling delays.
     pub(super) fn crashed(&mut self, now: Instant) {

@@ -22,12 +22,13 @@ mod startup;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::call::{CallError, CallRequest};
+use super::call::{CallError, CallRequest, ErrorKind};
 use super::lifecycle::{Reason, RecycleCounts, WorkerLimits};
+use super::reply::Caller;
 use super::routing::{Router, WorkerState, WorkerView};
 use super::status::PoolFacts;
 use crate::config::{PoolConfig, Profile};
@@ -41,6 +42,8 @@ pub(super) enum Input<R> {
     Submit {
         request: CallRequest,
         reply: R,
+        /// A retry: keep it off this worker, where the last attempt failed.
+        avoid: Option<u32>,
     },
     /// A call the core sent ([`Effect::Call`]) has its outcome.
     Finished(Completion),
@@ -74,7 +77,8 @@ pub(super) struct Completion {
     /// The call's deadline, as [`Effect::Call`] gave it.
     pub deadline: Instant,
     pub tool: String,
-    pub ok: bool,
+    /// `None` for a call that succeeded.
+    pub error: Option<CallError>,
     pub latency: Duration,
     /// The call was abandoned at its deadline ([`Effect::Abandon`]).
     pub timed_out: bool,
@@ -86,6 +90,7 @@ pub(super) struct WorkerReady {
     pub pid: u32,
     pub hello: Hello,
     pub rss_bytes: u64,
+    pub threads: u32,
 }
 
 /// One worker's figures for a health round.
@@ -93,6 +98,8 @@ pub(super) struct WorkerReady {
 pub(super) struct Sample {
     pub worker: u32,
     pub rss_bytes: u64,
+    /// Threads of the process.
+    pub threads: u32,
     /// Sequence number of the last PONG.
     pub last_pong: u64,
 }
@@ -110,6 +117,11 @@ pub(super) enum Effect<R> {
         reply: R,
         deadline: Instant,
         timeout: Duration,
+        /// How long it waited in the queue.
+        queued: Duration,
+        /// An idempotent call with retries left: a crash or timeout sends
+        /// it back ([`Input::Submit`] with `avoid`) instead of failing.
+        retry: bool,
     },
     /// Answer a caller with an error.
     Fail {
@@ -187,6 +199,12 @@ struct Worker {
     limits: WorkerLimits,
     /// Resident memory at the last sample.
     rss_bytes: u64,
+    /// Threads of the process at the last sample.
+    threads: u32,
+    /// Whether the GIL is on, as its hello said.
+    gil_enabled: bool,
+    /// The last call that failed on it: "kind: message".
+    last_error: Option<String>,
     /// Sequence number of the last PING sent.
     pings_sent: u64,
 }
@@ -224,6 +242,9 @@ struct Queued<R> {
     request: CallRequest,
     reply: R,
     deadline: Instant,
+    enqueued_at: Instant,
+    /// A worker not to place it on (where its last attempt failed).
+    avoid: Option<u32>,
 }
 
 /// One pool's state. See the module doc.
@@ -246,6 +267,8 @@ pub(super) struct Core<R> {
     call_deadlines: BTreeSet<(Instant, u64, u32)>,
     /// Tools the workers announced, once one is ready.
     tools: Option<Vec<String>>,
+    /// Tools the workers declared idempotent: retried after a crash.
+    idempotent: Vec<String>,
     next_worker_id: u32,
     next_request_id: u64,
     /// The pool's start is not reported yet (no worker was ready).
@@ -260,6 +283,8 @@ pub(super) struct Core<R> {
     replacements_due: Vec<Instant>,
     served: u64,
     failed: u64,
+    /// Failed calls by kind, whether a worker or the pool failed them.
+    errors: BTreeMap<ErrorKind, u64>,
     crashes: u64,
     restarts: u64,
     recycles: RecycleCounts,
@@ -273,7 +298,7 @@ pub(super) struct Core<R> {
     effects: Vec<Effect<R>>,
 }
 
-impl<R> Core<R> {
+impl<R: Caller> Core<R> {
     /// A pool whose first startup batch is starting: drain the effects.
     pub fn new(config: PoolConfig, index: usize, socket_dir: PathBuf, router: Box<dyn Router>, now: Instant) -> Self {
         let mut core = Core {
@@ -287,6 +312,7 @@ impl<R> Core<R> {
             queue: VecDeque::new(),
             call_deadlines: BTreeSet::new(),
             tools: None,
+            idempotent: Vec::new(),
             next_worker_id: 0,
             next_request_id: 1,
             start_unreported: true,
@@ -297,6 +323,7 @@ impl<R> Core<R> {
             replacements_due: Vec::new(),
             served: 0,
             failed: 0,
+            errors: BTreeMap::new(),
             crashes: 0,
             restarts: 0,
             recycles: RecycleCounts::default(),
@@ -315,10 +342,10 @@ impl<R> Core<R> {
     /// Takes `input`, which happened at `now`; returns what to do.
     pub fn on(&mut self, input: Input<R>, now: Instant) -> std::vec::Drain<'_, Effect<R>> {
         match input {
-            Input::Submit { request, reply } => self.submit(request, reply, now),
+            Input::Submit { request, reply, avoid } => self.submit(request, reply, avoid, now),
             Input::Finished(call) => {
                 self.call_deadlines.remove(&(call.deadline, call.request_id, call.worker));
-                self.finished(call.worker, &call.tool, call.ok, call.latency, call.timed_out, now);
+                self.finished(call, now);
             }
             Input::Started { id, outcome } => self.started(id, outcome, now),
             Input::Exited { id, status } => self.exited(id, &status, now),

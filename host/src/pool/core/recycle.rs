@@ -4,6 +4,7 @@
 //! ready and its own calls are done. Also the health round that finds such
 //! workers, and what a worker's exit means.
 
+use super::Caller;
 use std::time::{Duration, Instant};
 
 use super::{Core, Effect, Phase, Sample, StopSignal};
@@ -14,7 +15,7 @@ use crate::pool::lifecycle::Reason;
 /// SIGTERM, before the next step.
 pub(super) const STOP_STEP: Duration = Duration::from_secs(2);
 
-impl<R> Core<R> {
+impl<R: Caller> Core<R> {
     /// Marks a worker due for recycling: it takes no new calls from now on,
     /// and drains once a recycle slot is free.
     pub(super) fn retire(&mut self, worker_id: u32, reason: Reason, now: Instant) {
@@ -156,6 +157,7 @@ impl<R> Core<R> {
                 continue;
             };
             worker.rss_bytes = sample.rss_bytes;
+            worker.threads = sample.threads;
             match &mut worker.phase {
                 Phase::Ready { .. } => {
                     let age = now.duration_since(worker.spawned_at);

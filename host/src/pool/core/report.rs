@@ -1,11 +1,12 @@
 //! The pool's status, built from the core's own counts.
 
+use super::Caller;
 use std::time::Instant;
 
 use super::Core;
 use crate::pool::status::{PoolStatus, WorkerStatus};
 
-impl<R> Core<R> {
+impl<R: Caller> Core<R> {
     pub fn status(&self, now: Instant) -> PoolStatus {
         let count = |name: &str| self.workers.iter().filter(|w| w.state_name() == name).count() as u32;
         PoolStatus {
@@ -19,8 +20,10 @@ impl<R> Core<R> {
             draining: count("draining"),
             in_flight: self.workers.iter().map(|w| w.in_flight).sum(),
             queued: self.queue.len() as u32,
+            capacity: self.workers.iter().filter(|w| w.is_serving()).count() as u32 * self.threads(),
             served: self.served,
             failed: self.failed,
+            errors: self.errors.clone(),
             crashes: self.crashes,
             restarts: self.restarts,
             recycles: self.recycles.clone(),
@@ -36,8 +39,12 @@ impl<R> Core<R> {
                     state: w.state_name(),
                     ready: w.is_serving(),
                     in_flight: w.in_flight,
+                    capacity: self.threads(),
                     served: w.served,
                     rss_bytes: w.rss_bytes,
+                    threads: w.threads,
+                    gil_enabled: w.gil_enabled,
+                    last_error: w.last_error.clone(),
                     age: now.duration_since(w.spawned_at),
                 })
                 .collect(),

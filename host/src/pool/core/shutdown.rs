@@ -1,6 +1,7 @@
 //! Shutting a pool down: no new calls, calls in flight get the grace period,
 //! then every worker gets the shutdown frame, then TERM, then KILL.
 
+use super::Caller;
 use std::time::{Duration, Instant};
 
 use super::recycle::STOP_STEP;
@@ -26,7 +27,7 @@ impl Shutdown {
     }
 }
 
-impl<R> Core<R> {
+impl<R: Caller> Core<R> {
     pub(super) fn begin_shutdown(&mut self, grace: Duration, now: Instant) {
         if self.shutdown.is_some() {
             return;

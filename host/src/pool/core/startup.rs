@@ -2,6 +2,7 @@
 //! what a worker's hello says about the pool, and a thread pool's fallback
 //! to process workers when its first workers cannot start.
 
+use super::Caller;
 use std::time::Instant;
 
 use super::{Core, Effect, Phase, Worker, WorkerReady};
@@ -10,7 +11,7 @@ use crate::pool::lifecycle::{worker_env, WorkerLimits};
 use crate::pool::status::PoolFacts;
 use crate::worker::{Hello, StartError, WorkerSpec};
 
-impl<R> Core<R> {
+impl<R: Caller> Core<R> {
     /// Starts a new worker; returns its id.
     pub(super) fn start_worker(&mut self, now: Instant) -> u32 {
         let id = self.next_worker_id;
@@ -25,6 +26,9 @@ impl<R> Core<R> {
             spawned_at: now,
             limits: WorkerLimits::jittered(&self.config.lifecycle),
             rss_bytes: 0,
+            threads: 0,
+            gil_enabled: true,
+            last_error: None,
             pings_sent: 0,
         });
         let spec = self.spec(id);
@@ -53,6 +57,7 @@ impl<R> Core<R> {
             startup_timeout: self.config.startup_timeout,
             threads: self.threads(),
             thread_safety_checks: self.config.thread_safety_checks && self.profile == Profile::Thread,
+            session_idle: self.config.session_idle,
         }
     }
 
@@ -85,12 +90,17 @@ impl<R> Core<R> {
             Ok(ready) => {
                 tracing::info!(pool = %self.config.name, worker = id, pid = ready.pid,
                     python = %ready.hello.python_version, gil = ready.hello.gil_enabled, "worker ready");
-                self.tools.get_or_insert_with(|| ready.hello.tools.clone());
+                if self.tools.is_none() {
+                    self.tools = Some(ready.hello.tools.clone());
+                    self.idempotent = ready.hello.idempotent_tools.clone();
+                }
                 self.note_facts(&ready.hello);
                 let unwanted = self.shutdown.is_some();
                 let worker = &mut self.workers[position];
                 worker.pid = ready.pid;
                 worker.rss_bytes = ready.rss_bytes;
+                worker.threads = ready.threads;
+                worker.gil_enabled = ready.hello.gil_enabled;
                 worker.phase = if unwanted { Phase::Unwanted } else { Phase::Ready { successor: None } };
                 if unwanted {
                     self.effects.push(Effect::Stop { worker: id });

@@ -30,8 +30,23 @@ impl Router for FakeRouter {
     }
 }
 
-/// A caller, named by a number.
-type Caller = u32;
+/// A caller, named by a number; it never leaves, reads no stream and is
+/// on its first attempt.
+type CallerId = u32;
+
+impl super::Caller for CallerId {
+    fn has_left(&self) -> bool {
+        false
+    }
+
+    fn attempt(&self) -> u32 {
+        1
+    }
+
+    fn streams(&self) -> bool {
+        false
+    }
+}
 
 fn config(extra: &str) -> PoolConfig {
     let text = format!(
@@ -42,11 +57,11 @@ fn config(extra: &str) -> PoolConfig {
 }
 
 struct Harness {
-    core: Core<Caller>,
+    core: Core<CallerId>,
     router: FakeRouter,
     /// The fake clock.
     now: Instant,
-    effects: Vec<Effect<Caller>>,
+    effects: Vec<Effect<CallerId>>,
 }
 
 impl Harness {
@@ -58,19 +73,19 @@ impl Harness {
         Harness { core, router, now, effects }
     }
 
-    fn on(&mut self, input: Input<Caller>) -> &[Effect<Caller>] {
+    fn on(&mut self, input: Input<CallerId>) -> &[Effect<CallerId>] {
         self.effects = self.core.on(input, self.now).collect();
         &self.effects
     }
 
-    fn advance(&mut self, by: Duration) -> &[Effect<Caller>] {
+    fn advance(&mut self, by: Duration) -> &[Effect<CallerId>] {
         self.now += by;
         self.on(Input::Tick)
     }
 
-    fn ready(&mut self, id: u32) -> &[Effect<Caller>] {
+    fn ready(&mut self, id: u32) -> &[Effect<CallerId>] {
         let hello = Hello {
-            protocol: 2,
+            protocol: 3,
             pid: 1000 + id,
             python_version: "3.12.0".into(),
             implementation: "cpython".into(),
@@ -82,31 +97,33 @@ impl Harness {
             package_version: "0.1.0".into(),
             thread_safe: Some(true),
             unsafe_modules: Vec::new(),
+            streaming_tools: Vec::new(),
+            idempotent_tools: Vec::new(),
         };
-        self.on(Input::Started { id, outcome: Ok(WorkerReady { pid: 1000 + id, hello, rss_bytes: 1 << 20 }) })
+        self.on(Input::Started { id, outcome: Ok(WorkerReady { pid: 1000 + id, hello, rss_bytes: 1 << 20, threads: 1 }) })
     }
 
-    fn fail_start(&mut self, id: u32) -> &[Effect<Caller>] {
+    fn fail_start(&mut self, id: u32) -> &[Effect<CallerId>] {
         let err = StartError { pool: "p".into(), worker: id, reason: "it exited".into(), output: Vec::new() };
         self.on(Input::Started { id, outcome: Err(err) })
     }
 
-    fn submit(&mut self, caller: Caller) -> &[Effect<Caller>] {
-        self.on(Input::Submit { request: CallRequest::json("echo", "{}"), reply: caller })
+    fn submit(&mut self, caller: CallerId) -> &[Effect<CallerId>] {
+        self.on(Input::Submit { request: CallRequest::json("echo", "{}"), reply: caller, avoid: None })
     }
 
-    fn exit(&mut self, id: u32) -> &[Effect<Caller>] {
+    fn exit(&mut self, id: u32) -> &[Effect<CallerId>] {
         self.on(Input::Exited { id, status: "killed by signal 9 (SIGKILL)".into() })
     }
 
     /// Finishes the call `Effect::Call` sent to `worker` for `caller`.
-    fn finish(&mut self, call: &Call, ok: bool) -> &[Effect<Caller>] {
+    fn finish(&mut self, call: &Call, ok: bool) -> &[Effect<CallerId>] {
         self.on(Input::Finished(Completion {
             worker: call.worker,
             request_id: call.request_id,
             deadline: call.deadline,
             tool: "echo".into(),
-            ok,
+            error: (!ok).then(|| CallError::new(ErrorKind::Exception, "it raised")),
             latency: Duration::from_millis(1),
             timed_out: false,
         }))
@@ -122,11 +139,11 @@ impl Harness {
 struct Call {
     worker: u32,
     request_id: u64,
-    caller: Caller,
+    caller: CallerId,
     deadline: Instant,
 }
 
-fn calls(effects: &[Effect<Caller>]) -> Vec<Call> {
+fn calls(effects: &[Effect<CallerId>]) -> Vec<Call> {
     effects
         .iter()
         .filter_map(|e| match *e {
@@ -138,22 +155,22 @@ fn calls(effects: &[Effect<Caller>]) -> Vec<Call> {
         .collect()
 }
 
-fn starts(effects: &[Effect<Caller>]) -> Vec<u32> {
+fn starts(effects: &[Effect<CallerId>]) -> Vec<u32> {
     effects.iter().filter_map(|e| if let Effect::Start(spec) = e { Some(spec.id) } else { None }).collect()
 }
 
-fn stops(effects: &[Effect<Caller>]) -> Vec<u32> {
+fn stops(effects: &[Effect<CallerId>]) -> Vec<u32> {
     effects.iter().filter_map(|e| if let Effect::Stop { worker } = e { Some(*worker) } else { None }).collect()
 }
 
-fn signals(effects: &[Effect<Caller>]) -> Vec<(u32, StopSignal)> {
+fn signals(effects: &[Effect<CallerId>]) -> Vec<(u32, StopSignal)> {
     effects
         .iter()
         .filter_map(|e| if let Effect::Signal { worker, signal } = e { Some((*worker, *signal)) } else { None })
         .collect()
 }
 
-fn failures(effects: &[Effect<Caller>]) -> Vec<(Caller, ErrorKind)> {
+fn failures(effects: &[Effect<CallerId>]) -> Vec<(CallerId, ErrorKind)> {
     effects
         .iter()
         .filter_map(|e| if let Effect::Fail { reply, error } = e { Some((*reply, error.kind)) } else { None })
@@ -218,7 +235,7 @@ fn a_worker_stopping_slowly_gets_term_then_kill() {
     assert_eq!(stops(pool.ready(1)), [0]);
     let health = |pool: &mut Harness, by| {
         pool.now += by;
-        let samples = [0, 1].map(|worker| Sample { worker, rss_bytes: 0, last_pong: 0 }).to_vec();
+        let samples = [0, 1].map(|worker| Sample { worker, rss_bytes: 0, threads: 1, last_pong: 0 }).to_vec();
         signals(pool.on(Input::Health(samples)))
     };
     assert!(health(&mut pool, Duration::from_millis(1999)).is_empty());
@@ -299,7 +316,7 @@ fn a_call_past_its_deadline_is_abandoned_and_its_process_worker_killed() {
         request_id: call.request_id,
         deadline: call.deadline,
         tool: "echo".into(),
-        ok: false,
+        error: Some(CallError::new(ErrorKind::Timeout, "no answer")),
         latency: Duration::from_secs(2),
         timed_out: true,
     }));
@@ -347,7 +364,7 @@ fn a_worker_ready_during_shutdown_is_told_to_stop() {
 fn a_thread_pool_falls_back_to_process_workers() {
     let mut pool =
         Harness::new("size = 2\nprofile = \"thread\"\nthreads_per_worker = 4\nfallback_profile = \"process\"");
-    let threads = |effects: &[Effect<Caller>]| -> Vec<u32> {
+    let threads = |effects: &[Effect<CallerId>]| -> Vec<u32> {
         effects.iter().filter_map(|e| if let Effect::Start(spec) = e { Some(spec.threads) } else { None }).collect()
     };
     assert_eq!(threads(&pool.effects), [4, 4]);
@@ -372,7 +389,7 @@ fn a_pool_whose_first_worker_cannot_start_reports_why() {
 fn an_unknown_tool_is_refused_once_the_tools_are_known() {
     let mut pool = Harness::new("size = 1");
     pool.ready(0);
-    let effects = pool.on(Input::Submit { request: CallRequest::json("nope", "{}"), reply: 1 });
+    let effects = pool.on(Input::Submit { request: CallRequest::json("nope", "{}"), reply: 1, avoid: None });
     assert_eq!(failures(effects), [(1, ErrorKind::UnknownTool)]);
 }
 
@@ -382,7 +399,7 @@ fn unresponsive_workers_are_killed_after_the_missed_pings() {
     pool.ready(0);
     let round = |pool: &mut Harness, last_pong| {
         pool.now += Duration::from_secs(3600);
-        pool.on(Input::Health(vec![Sample { worker: 0, rss_bytes: 0, last_pong }])).to_vec_debug()
+        pool.on(Input::Health(vec![Sample { worker: 0, rss_bytes: 0, threads: 1, last_pong }])).to_vec_debug()
     };
     assert_eq!(round(&mut pool, 0), ["Ping { worker: 0, sequence: 1 }"]);
     assert_eq!(round(&mut pool, 1), ["Ping { worker: 0, sequence: 2 }"], "answered");
@@ -395,7 +412,7 @@ trait DebugList {
     fn to_vec_debug(&self) -> Vec<String>;
 }
 
-impl DebugList for [Effect<Caller>] {
+impl DebugList for [Effect<CallerId>] {
     fn to_vec_debug(&self) -> Vec<String> {
         self.iter().map(|e| format!("{e:?}")).collect()
     }

@@ -1,0 +1,254 @@
+//! Operating a host, end to end on real workers (tests/adapters/
+//! operations.py): stats that match what runs, streams with cancellation
+//! and errors, retries of idempotent calls, request ids and sessions.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pitboss::pool::{CallError, CallOutput, CallRequest, CallStream, ErrorKind, Reason};
+use pitboss::Host;
+use serde_json::{json, Value};
+use support::eventually;
+use tokio::task::JoinHandle;
+
+fn call(tool: &str, args: Value) -> CallRequest {
+    CallRequest::json(tool, serde_json::to_vec(&args).unwrap())
+}
+
+async fn start(settings: &str) -> (tempfile::TempDir, Arc<Host>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::config_for(dir.path(), "operations:Operations", settings);
+    (dir, Arc::new(support::start_ready(config).await))
+}
+
+fn spawn_call(host: &Arc<Host>, request: CallRequest) -> JoinHandle<Result<CallOutput, CallError>> {
+    let host = host.clone();
+    tokio::spawn(async move { host.execute("pool", request).await })
+}
+
+fn decode(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload).unwrap()
+}
+
+/// Every chunk of `stream` until its end, decoded; or the error after them.
+async fn read_all(stream: &mut CallStream) -> (Vec<Value>, Option<CallError>) {
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => chunks.push(decode(&chunk.payload)),
+            Err(error) => return (chunks, Some(error)),
+        }
+    }
+    (chunks, None)
+}
+
+fn read_marker(path: &Path) -> Option<Value> {
+    std::fs::read(path).ok().map(|bytes| decode(&bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_three_slow_calls_on_four_workers_and_the_workers_own_memory() {
+    let (_dir, host) = start("size = 4").await;
+    let calls: Vec<_> = (0..3).map(|_| spawn_call(&host, call("sleep", json!({"seconds": 2.0})))).collect();
+    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 3).await);
+    let stats = host.pool_stats("pool").await.unwrap();
+    assert_eq!((stats.in_flight, stats.capacity, stats.queued), (3, 4, 0));
+    assert!((stats.utilisation() - 0.75).abs() < 1e-9, "{}", stats.utilisation());
+    assert_eq!(stats.workers.iter().filter(|w| w.in_flight == 1).count(), 3);
+    for worker in &stats.workers {
+        assert_eq!((worker.capacity, worker.state, worker.gil_enabled), (1, "ready", true));
+        assert!(worker.threads >= 1, "{worker:?}");
+        // The Python process's own memory, not the host's.
+        let rss = pitboss::resident_bytes(worker.pid).unwrap();
+        assert!(worker.rss_bytes > 0 && worker.rss_bytes.abs_diff(rss) < rss / 2, "{worker:?} vs {rss}");
+        assert_ne!(worker.pid, std::process::id());
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+
+    let before = host.pool_stats("pool").await.unwrap();
+    assert_eq!((before.served, before.in_flight), (3, 0));
+    host.recycle("pool", before.workers[0].id).await.unwrap();
+    let stats = host.pool_stats("pool").await.unwrap();
+    assert_eq!(stats.recycles.get(Reason::Manual), before.recycles.get(Reason::Manual) + 1);
+    assert!(host.pool_stats("nope").await.is_err());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_counted_by_kind_and_shown_on_their_worker() {
+    let (_dir, host) = start("size = 1").await;
+    let error = host.execute("pool", call("fail", json!({}))).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Exception);
+    host.execute("pool", call("nope", json!({}))).await.unwrap_err();
+    let stats = host.pool_stats("pool").await.unwrap();
+    assert_eq!((stats.errors_of(ErrorKind::Exception), stats.errors_of(ErrorKind::UnknownTool)), (1, 1));
+    // An unknown tool never reaches a worker; the exception did.
+    let last = stats.workers[0].last_error.clone().unwrap();
+    assert!(last.starts_with("exception:") && last.contains("failing as"), "{last}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_chunks_arrive_in_order_with_one_end() {
+    let (_dir, host) = start("size = 1").await;
+    let mut stream = host.execute_stream("pool", call("count", json!({"n": 1000})));
+    let (chunks, error) = read_all(&mut stream).await;
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(chunks, (0..1000).map(Value::from).collect::<Vec<_>>());
+    assert!(stream.next().await.is_none(), "one end only");
+    // The worker is free again: the stream finished on both sides.
+    host.execute("pool", call("sleep", json!({"seconds": 0}))).await.unwrap();
+    assert_eq!(host.pool_stats("pool").await.unwrap().in_flight, 0);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exception_after_five_chunks_is_a_typed_error_after_them() {
+    let (_dir, host) = start("size = 1").await;
+    let mut stream = host.execute_stream("pool", call("fail_after", json!({"n": 5})));
+    let (chunks, error) = read_all(&mut stream).await;
+    assert_eq!(chunks, (0..5).map(Value::from).collect::<Vec<_>>());
+    let error = error.expect("the stream ends with the error");
+    assert_eq!((error.kind, error.python_type.as_deref()), (ErrorKind::Exception, Some("ValueError")));
+    assert!(error.message.contains("failed after 5 chunks"), "{error:?}");
+    assert!(error.request_id.is_some(), "the error names its call");
+    assert!(stream.next().await.is_none());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_stream_after_ten_chunks_stops_the_generator() {
+    let (dir, host) = start("size = 1").await;
+    let marker = dir.path().join("forever");
+    let mut request = call("forever", json!({"path": marker}));
+    request.request_id = Some("stop-me".into());
+    let mut stream = host.execute_stream("pool", request);
+    for expected in 1..=10 {
+        let chunk = stream.next().await.unwrap().unwrap();
+        assert_eq!(decode(&chunk.payload), expected);
+    }
+    drop(stream);
+    let finally_path = dir.path().join("forever.finally");
+    assert!(
+        eventually(Duration::from_secs(3), async || finally_path.exists()).await,
+        "the generator's finally did not run within 3 s of the caller leaving"
+    );
+    let finally = read_marker(&finally_path).unwrap();
+    assert_eq!(finally["request_id"], "stop-me");
+    // It stopped for good, at most a credit window past what was read.
+    let produced = finally["produced"].as_u64().unwrap();
+    assert!((10..=10 + 16 + 1).contains(&produced), "{finally}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(read_marker(&marker).unwrap(), produced, "nothing was produced after the finally");
+    assert!(eventually(Duration::from_secs(3), async || host.stats().await[0].in_flight == 0).await);
+    host.execute("pool", call("sleep", json!({"seconds": 0}))).await.expect("the worker serves on");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_the_generator_back() {
+    let (dir, host) = start("size = 1").await;
+    let marker = dir.path().join("slow");
+    let mut stream = host.execute_stream("pool", call("forever", json!({"path": marker})));
+    stream.next().await.unwrap().unwrap();
+    // Nobody reads: the worker stops at its credit window.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let produced = read_marker(&marker).unwrap().as_u64().unwrap();
+    assert!(produced <= 1 + 16 + 1, "the worker ran {produced} chunks ahead of its reader");
+    drop(stream);
+    host.shutdown().await;
+}
+
+/// Starts `tool` (sleeping 2 s) and kill -9s the worker running it.
+async fn kill_the_worker_running(host: &Arc<Host>, tool: &str) -> (u32, Result<CallOutput, CallError>) {
+    let running = spawn_call(host, call(tool, json!({"seconds": 2.0, "nonce": "n-17"})));
+    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 1).await);
+    let pid = host.stats().await[0].workers.iter().find(|w| w.in_flight == 1).unwrap().pid;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    (pid, running.await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_call_whose_worker_is_killed_is_answered_by_another() {
+    let (_dir, host) = start("size = 2\nretries = 1").await;
+    let (killed, answer) = kill_the_worker_running(&host, "lookup").await;
+    let output = answer.expect("the retry answers");
+    let value = decode(&output.payload);
+    assert_eq!(value["nonce"], "n-17");
+    assert_ne!(value["pid"], killed, "another worker answered");
+    assert_eq!(output.attempts, 2);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_is_not_idempotent_is_never_retried() {
+    let (_dir, host) = start("size = 2\nretries = 3").await;
+    let (_, answer) = kill_the_worker_running(&host, "charge").await;
+    assert_eq!(answer.unwrap_err().kind, ErrorKind::WorkerCrashed);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retries_an_idempotent_call_fails_too() {
+    let (_dir, host) = start("size = 2").await;
+    let (_, answer) = kill_the_worker_running(&host, "lookup").await;
+    assert_eq!(answer.unwrap_err().kind, ErrorKind::WorkerCrashed, "retries default to 0");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_reaches_the_tool_and_its_error() {
+    let (_dir, host) = start("size = 1").await;
+    let mut request = call("whoami", json!({}));
+    request.request_id = Some("caller-7".into());
+    request.session = Some("s-1".into());
+    let output = host.execute("pool", request).await.unwrap();
+    assert_eq!(decode(&output.payload), json!({"request_id": "caller-7", "session": "s-1"}));
+    assert_eq!(output.request_id.as_deref(), Some("caller-7"));
+
+    let made = host.execute("pool", call("whoami", json!({}))).await.unwrap();
+    let seen = decode(&made.payload);
+    assert_eq!(seen["request_id"].as_str(), made.request_id.as_deref(), "the host's id reaches the tool");
+    assert_eq!(seen["session"], Value::Null);
+    let again = host.execute("pool", call("whoami", json!({}))).await.unwrap();
+    assert_ne!(again.request_id, made.request_id);
+
+    let error = host.execute("pool", call("fail", json!({}))).await.unwrap_err();
+    let id = error.request_id.clone().expect("a failed call names its id");
+    assert!(error.message.contains(&id), "the tool saw the same id: {error:?}");
+    let error = host.execute("nope", call("fail", json!({}))).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::UnknownPool);
+    assert!(error.request_id.is_some());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_lives_in_the_worker_until_it_recycles() {
+    let (_dir, host) = start("size = 1").await;
+    let remember = |args: Value, session: &str| {
+        let mut request = call("remember", args);
+        request.session = Some(session.to_owned());
+        request
+    };
+    host.execute("pool", remember(json!({"key": "k", "value": 41}), "a")).await.unwrap();
+    let read = |session: &'static str| {
+        let host = host.clone();
+        async move { decode(&host.execute("pool", remember(json!({"key": "k"}), session)).await.unwrap().payload) }
+    };
+    assert_eq!(read("a").await, 41);
+    assert_eq!(read("b").await, Value::Null, "state is per session");
+    let worker = host.stats().await[0].workers[0].id;
+    host.recycle("pool", worker).await.unwrap();
+    assert!(eventually(Duration::from_secs(20), async || {
+        let stats = host.stats().await;
+        stats[0].ready == 1 && stats[0].workers.iter().all(|w| w.id != worker)
+    })
+    .await);
+    assert_eq!(read("a").await, Value::Null, "soft state: gone with the worker");
+    host.shutdown().await;
+}
