@@ -244,11 +244,98 @@ async fn session_state_lives_in_the_worker_until_it_recycles() {
     assert_eq!(read("b").await, Value::Null, "state is per session");
     let worker = host.stats().await[0].workers[0].id;
     host.recycle("pool", worker).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            let stats = host.stats().await;
+            stats[0].ready == 1 && stats[0].workers.iter().all(|w| w.id != worker)
+        })
+        .await
+    );
+    assert_eq!(read("a").await, Value::Null, "soft state: gone with the worker");
+    host.shutdown().await;
+}
+
+/// `GET /metrics` over a plain TCP socket.
+async fn scrape(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    socket.write_all(b"GET /metrics HTTP/1.1\r\nHost: pitboss\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    body.to_owned()
+}
+
+/// Every sample of `text`, as the Prometheus client library parses it.
+fn parse_metrics(text: &str) -> Vec<Value> {
+    use std::io::Write;
+    let mut parser = std::process::Command::new(support::python())
+        .arg(support::root().join("tests/clients/parse_metrics.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    parser.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = parser.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n(scripts/python-env installs prometheus-client)\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout.split(|b| *b == b'\n').filter(|line| !line.is_empty()).map(decode).collect()
+}
+
+fn sample<'a>(samples: &'a [Value], name: &str, labels: Value) -> Option<&'a Value> {
+    let wanted = labels.as_object().unwrap();
+    samples.iter().find(|s| s["name"] == name && wanted.iter().all(|(k, v)| &s["labels"][k] == v)).map(|s| &s["value"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_scraped_under_load_parse_and_count_every_call() {
+    let (_dir, host) = start("size = 2").await;
+    let listener = pitboss::api::bind_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(pitboss::api::serve_metrics(host.clone(), listener, std::future::pending()));
+
+    let load: Vec<_> =
+        (0..40).map(|i| spawn_call(&host, call("sleep", json!({"seconds": 0.01 * (i % 3) as f64})))).collect();
+    let during = scrape(address).await;
+    parse_metrics(&during);
+    for call in load {
+        call.await.unwrap().unwrap();
+    }
+    host.execute("pool", call("fail", json!({}))).await.unwrap_err();
+    host.execute("pool", call("no_such_tool", json!({}))).await.unwrap_err();
+    host.recycle("pool", host.stats().await[0].workers[0].id).await.unwrap();
     assert!(eventually(Duration::from_secs(20), async || {
         let stats = host.stats().await;
-        stats[0].ready == 1 && stats[0].workers.iter().all(|w| w.id != worker)
+        stats[0].ready == 2 && stats[0].draining == 0
     })
     .await);
-    assert_eq!(read("a").await, Value::Null, "soft state: gone with the worker");
+
+    let samples = parse_metrics(&scrape(address).await);
+    let count = |outcome: &str, tool: &str| {
+        sample(&samples, "pitboss_requests_total", json!({"pool": "pool", "tool": tool, "outcome": outcome}))
+            .and_then(Value::as_f64)
+    };
+    assert_eq!(count("ok", "sleep"), Some(40.0), "every call counted once");
+    assert_eq!(count("exception", "fail"), Some(1.0));
+    assert_eq!(count("unknown_tool", ""), Some(1.0), "a made-up tool name is not a label");
+    let histogram_count =
+        sample(&samples, "pitboss_request_duration_seconds_count", json!({"tool": "sleep", "outcome": "ok"}));
+    assert_eq!(histogram_count.and_then(Value::as_f64), Some(40.0));
+    assert_eq!(sample(&samples, "pitboss_queue_wait_seconds_count", json!({"pool": "pool"})).unwrap(), 40.0);
+    assert_eq!(sample(&samples, "pitboss_worker_recycles_total", json!({"reason": "manual"})).unwrap(), 1.0);
+    let workers = |state: &str| sample(&samples, "pitboss_workers", json!({"pool": "pool", "state": state})).cloned();
+    assert!(workers("ready").is_some() && workers("starting").is_some() && workers("draining").is_some());
+    assert_eq!(sample(&samples, "pitboss_capacity", json!({"pool": "pool"})).unwrap(), 2.0);
+    let decisions = sample(&samples, "pitboss_policy_decisions_total", json!({"pool": "pool"})).unwrap();
+    assert!(decisions.as_f64().unwrap() >= 41.0, "{decisions}");
+    let decided = sample(&samples, "pitboss_policy_decision_seconds_count", json!({"pool": "pool"})).unwrap();
+    assert_eq!(decided, decisions, "every decision timed");
+    assert_eq!(sample(&samples, "pitboss_policy_swaps_total", json!({"pool": "pool"})).unwrap(), 0.0);
     host.shutdown().await;
 }

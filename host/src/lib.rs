@@ -29,7 +29,7 @@ mod worker;
 
 pub use api::Client;
 pub use config::Config;
-pub use host::Host;
+pub use host::{Host, METRICS_CONTENT_TYPE};
 pub use pool::{AdminError, CallError, CallOutput, CallRequest, ErrorKind, PoolStatus, WorkerStatus};
 pub use worker::ContentType;
 /// What /proc says about a worker process, for programs that watch a host's

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tonic::transport::Channel;
 use tokio_stream::{Stream, StreamExt};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use super::errors::call_error;

@@ -1,7 +1,8 @@
 //! The gRPC API, served on top of a [`Host`]: `pitboss.v1.Pitboss` and the
 //! standard health service for callers on the API address, and
 //! `pitboss.v1.Admin` for operators on the admin socket (`admin`), out of
-//! callers' reach. [`Client`] and [`AdminClient`] are what the CLI uses.
+//! callers' reach, and `/metrics` for Prometheus (`metrics`). [`Client`]
+//! and [`AdminClient`] are what the CLI uses.
 //!
 //! Owns: mapping between protobuf messages and the library's types, and
 //! call errors to gRPC status codes. Must not touch: pools or workers other
@@ -27,10 +28,12 @@ mod admin;
 mod admin_client;
 mod client;
 mod errors;
+mod metrics;
 
 pub use admin::{bind_admin, serve_admin};
 pub use admin_client::{AdminClient, Component};
 pub use client::Client;
+pub use metrics::{bind_metrics, serve_metrics};
 
 /// The generated protobuf and gRPC types of `pitboss.v1`.
 mod proto {
@@ -98,10 +101,7 @@ impl Pitboss for Service {
 
     type ExecuteStreamStream = ChunkStream;
 
-    async fn execute_stream(
-        &self,
-        request: Request<proto::ExecuteRequest>,
-    ) -> Result<Response<ChunkStream>, Status> {
+    async fn execute_stream(&self, request: Request<proto::ExecuteRequest>) -> Result<Response<ChunkStream>, Status> {
         let (pool, call) = call_request(request)?;
         let tool = call.tool.clone();
         // Dropping this stream (the caller cancelled or went away) drops

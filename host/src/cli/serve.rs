@@ -34,6 +34,10 @@ async fn serve(config: Config) -> Result<()> {
     let admin_address = config.host.admin_address.clone();
     let listener = api::bind(address).await?;
     let admin_listener = api::bind_admin(&admin_address).await?;
+    let metrics_listener = match config.host.metrics_address {
+        Some(address) => Some(api::bind_metrics(address).await?),
+        None => None,
+    };
     let host = Arc::new(Host::start(config).await?);
     let (stop, stopped) = watch::channel(());
     let stopped = move || {
@@ -44,12 +48,23 @@ async fn serve(config: Config) -> Result<()> {
     };
     let mut api_server = tokio::spawn(api::serve(host.clone(), listener, stopped()));
     let mut admin_server = tokio::spawn(api::serve_admin(host.clone(), admin_listener, stopped()));
-    tracing::info!(%address, admin = %admin_address.display(), "pitboss is serving");
+    let metrics = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| format!("http://{a}/metrics"));
+    let mut metrics_server = match metrics_listener {
+        Some(listener) => tokio::spawn(api::serve_metrics(host.clone(), listener, stopped())),
+        None => tokio::spawn(async { std::future::pending::<Result<()>>().await }),
+    };
+    tracing::info!(
+        %address,
+        admin = %admin_address.display(),
+        metrics = metrics.as_deref().unwrap_or("off"),
+        "pitboss is serving"
+    );
     let failure = tokio::select! {
         _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); None }
         _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); None }
         ended = &mut api_server => Some(server_failure("API", ended)),
         ended = &mut admin_server => Some(server_failure("admin API", ended)),
+        ended = &mut metrics_server => Some(server_failure("metrics", ended)),
     };
     let _ = stop.send(());
     host.shutdown().await;
@@ -58,6 +73,7 @@ async fn serve(config: Config) -> Result<()> {
     }
     api_server.await??;
     admin_server.await??;
+    metrics_server.abort();
     tracing::info!("all workers stopped");
     Ok(())
 }

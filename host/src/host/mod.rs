@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
+mod metrics;
 mod preflight;
 mod rules;
 mod watch;
@@ -32,6 +33,7 @@ use crate::pool::{
     AdminError, CallError, CallOutput, CallRequest, CallStream, ErrorKind, Pool, PoolServices, PoolStatus,
 };
 use crate::worker::{Spawner, WorkerRecords};
+pub use metrics::METRICS_CONTENT_TYPE;
 use rules::{HostRules, RulesSlot};
 
 pub struct Host {
@@ -42,6 +44,7 @@ pub struct Host {
     watchers: Vec<tokio::task::JoinHandle<()>>,
     rules: Mutex<HostRules>,
     request_ids: RequestIds,
+    metrics: metrics::CallMetrics,
     _lock: Flock<File>,
 }
 
@@ -167,7 +170,7 @@ impl Host {
                 Some(watch::spawn(path, engine.clone(), slot, info, limits))
             })
             .collect();
-        Ok(Host { config, pools, engine, watchers, rules, request_ids, _lock: lock })
+        Ok(Host { config, pools, engine, watchers, rules, request_ids, metrics: Default::default(), _lock: lock })
     }
 
     pub fn config(&self) -> &Config {
@@ -180,13 +183,16 @@ impl Host {
     /// call never runs, a running one is told (`context.cancelled()`).
     pub async fn execute(&self, pool: &str, mut request: CallRequest) -> Result<CallOutput, CallError> {
         self.request_ids.assign(&mut request);
-        match self.pools.get(pool) {
+        let (started, tool) = (std::time::Instant::now(), request.tool.clone());
+        let outcome = match self.pools.get(pool) {
             Some(served) => served.pool.execute(request).await,
             None => Err(CallError {
                 request_id: request.request_id,
                 ..CallError::new(ErrorKind::UnknownPool, self.unknown_pool(pool))
             }),
-        }
+        };
+        self.metrics.record(pool, &tool, &outcome, started.elapsed());
+        outcome
     }
 
     /// Runs one call on `pool` whose answer streams: the chunks a generator
@@ -195,6 +201,7 @@ impl Host {
     /// end stops the generator.
     pub fn execute_stream(&self, pool: &str, mut request: CallRequest) -> CallStream {
         self.request_ids.assign(&mut request);
+        self.metrics.record_stream(pool, &request.tool, self.pools.contains_key(pool));
         match self.pools.get(pool) {
             Some(served) => served.pool.execute_stream(request),
             None => CallStream::failed(CallError {
@@ -337,6 +344,14 @@ impl Host {
             all.extend(served.pool.status().await);
         }
         all
+    }
+
+    /// Every metric in the Prometheus text exposition format (content type
+    /// [`METRICS_CONTENT_TYPE`]), as `[host] metrics` serves it; for a
+    /// program that embeds the host and serves its own `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let policy_changes = self.pools.iter().map(|(name, served)| (name.clone(), served.router.changes())).collect();
+        self.metrics.encode(metrics::Snapshot { pools: self.stats().await, policy_changes })
     }
 
     /// One pool's state.

@@ -46,7 +46,7 @@ pub use replay::{DecisionLog, DecisionRecord, Divergence, ReplayReport, DECISION
 pub use router::{Routed, RouterInstance, RouterPolicy, RouterStats, RouterStatsSnapshot, VersionUsage};
 pub use rules::RULES_LIMITS;
 pub use simulate::{simulate, ScenarioReport, Simulation, SimulationReport};
-pub use slot::{PolicyVersion, Rollback, RouterSlot};
+pub use slot::{PolicyChanges, PolicyVersion, Rollback, RouterSlot};
 pub use source::{PolicySource, BUILTIN_COMPAT_RULES, BUILTIN_CONFIG_RULES, BUILTIN_ROUTERS};
 pub use swap::{load_gate, swap_router, Candidate, SwapOptions, SwapReport, SwapStage};
 pub use vetting::{CONTRACT_PACKAGE, CONTRACT_VERSION, MAX_COMPONENT_BYTES};

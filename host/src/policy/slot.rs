@@ -36,6 +36,18 @@ struct Versions {
     history: VecDeque<LivePeriod>,
     /// When the live version faulted, within the breaker's window.
     recent_faults: VecDeque<Instant>,
+    /// Promotions and rollbacks since the host started (the history is
+    /// trimmed; these are not).
+    changes: PolicyChanges,
+}
+
+/// How often a pool's routing policy changed since the host started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChanges {
+    /// New versions made live (swaps).
+    pub swaps: u64,
+    /// Rollbacks, asked for or by the circuit breaker.
+    pub rollbacks: u64,
 }
 
 /// One stretch of time a version was live.
@@ -92,7 +104,12 @@ impl RouterSlot {
             pool: pool.to_owned(),
             live: ArcSwap::new(policy),
             decisions: DecisionLog::default(),
-            versions: Mutex::new(Versions { last_good: None, history, recent_faults: VecDeque::new() }),
+            versions: Mutex::new(Versions {
+                last_good: None,
+                history,
+                recent_faults: VecDeque::new(),
+                changes: PolicyChanges::default(),
+            }),
         })
     }
 
@@ -124,6 +141,7 @@ impl RouterSlot {
         versions.trim();
         versions.last_good = Some(replaced.clone());
         versions.recent_faults.clear();
+        versions.changes.swaps += 1;
         replaced
     }
 
@@ -144,6 +162,7 @@ impl RouterSlot {
         versions.history.push_back(LivePeriod::start(&restored, by));
         versions.trim();
         versions.recent_faults.clear();
+        versions.changes.rollbacks += 1;
         Ok(Rollback { restored, replaced })
     }
 
@@ -185,6 +204,10 @@ impl RouterSlot {
     /// The live version first, then earlier live periods, newest first.
     pub fn history(&self) -> Vec<PolicyVersion> {
         self.lock().history.iter().rev().map(LivePeriod::show).collect()
+    }
+
+    pub fn changes(&self) -> PolicyChanges {
+        self.lock().changes
     }
 
     /// Whether a rollback has somewhere to go.

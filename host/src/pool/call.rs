@@ -144,9 +144,9 @@ impl ErrorKind {
     fn from_worker(kind: &str) -> ErrorKind {
         use ErrorKind::*;
         match ErrorKind::parse(kind) {
-            Some(kind @ (UnknownTool | BadArguments | BadPayload | BadResult | Exception | ShuttingDown | Cancelled)) => {
-                kind
-            }
+            Some(
+                kind @ (UnknownTool | BadArguments | BadPayload | BadResult | Exception | ShuttingDown | Cancelled),
+            ) => kind,
             _ => Protocol,
         }
     }

@@ -27,14 +27,30 @@ use crate::worker::{self, CallOutcome, ContentType, StartError, WorkerExit, Work
 const MAX_HEALTH_PERIOD: Duration = Duration::from_secs(1);
 
 pub(super) enum Event {
-    Submit { request: CallRequest, reply: Reply },
+    Submit {
+        request: CallRequest,
+        reply: Reply,
+    },
     /// An idempotent call whose worker crashed or timed out, sent again.
-    Retry { request: CallRequest, reply: Reply, failed_on: u32 },
+    Retry {
+        request: CallRequest,
+        reply: Reply,
+        failed_on: u32,
+    },
     Finished(Completion),
-    Started { id: u32, outcome: Result<WorkerHandle, StartError> },
-    Recycle { worker: u32, reply: oneshot::Sender<Result<(), AdminError>> },
+    Started {
+        id: u32,
+        outcome: Result<WorkerHandle, StartError>,
+    },
+    Recycle {
+        worker: u32,
+        reply: oneshot::Sender<Result<(), AdminError>>,
+    },
     Status(oneshot::Sender<PoolStatus>),
-    Shutdown { grace: Duration, done: oneshot::Sender<()> },
+    Shutdown {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Starts the pool's task and its first workers. The receiver says when
@@ -206,7 +222,15 @@ impl Effector {
                     let tool = request.tool.clone();
                     notify(
                         &events,
-                        Event::Finished(Completion { worker, request_id, deadline, tool, error, latency: duration, timed_out }),
+                        Event::Finished(Completion {
+                            worker,
+                            request_id,
+                            deadline,
+                            tool,
+                            error,
+                            latency: duration,
+                            timed_out,
+                        }),
                     );
                     match result {
                         Err(error) if retry && retryable(&error) && !reply.has_left() => {
@@ -271,8 +295,9 @@ fn answer(
     queued: Duration,
     attempts: u32,
 ) -> (Result<CallOutput, CallError>, bool) {
-    let output =
-        |payload, content_type| Ok(CallOutput { payload, content_type, worker, duration, queued, attempts, request_id: None });
+    let output = |payload, content_type| {
+        Ok(CallOutput { payload, content_type, worker, duration, queued, attempts, request_id: None })
+    };
     match outcome {
         CallOutcome::Done { content_type, payload } => (output(payload, content_type), false),
         CallOutcome::Ended => (output(bytes::Bytes::new(), ContentType::Json), false),

@@ -119,15 +119,37 @@ pub struct Call {
 pub enum Frame {
     Hello(Hello),
     Call(Call),
-    Result { id: u64, content_type: ContentType, payload: Bytes },
-    Error { id: u64, error: WorkerError },
-    StreamChunk { id: u64, content_type: ContentType, payload: Bytes },
-    StreamEnd { id: u64 },
-    Cancel { id: u64 },
+    Result {
+        id: u64,
+        content_type: ContentType,
+        payload: Bytes,
+    },
+    Error {
+        id: u64,
+        error: WorkerError,
+    },
+    StreamChunk {
+        id: u64,
+        content_type: ContentType,
+        payload: Bytes,
+    },
+    StreamEnd {
+        id: u64,
+    },
+    Cancel {
+        id: u64,
+    },
     /// The worker may send `chunks` more chunks of stream `id`.
-    Credit { id: u64, chunks: u32 },
-    Ping { id: u64 },
-    Pong { id: u64 },
+    Credit {
+        id: u64,
+        chunks: u32,
+    },
+    Ping {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+    },
     Shutdown,
 }
 

@@ -33,7 +33,13 @@ impl<R: Caller> Core<R> {
         }
         // Behind anything already waiting, so the queue stays in order; the
         // router places it now if it can.
-        self.queue.push_back(Queued { request, reply, deadline: now + self.config.queue_timeout, enqueued_at: now, avoid });
+        self.queue.push_back(Queued {
+            request,
+            reply,
+            deadline: now + self.config.queue_timeout,
+            enqueued_at: now,
+            avoid,
+        });
         self.pump(now);
         if self.config.queue_limit == 0 {
             if let Some(unplaced) = self.queue.pop_back() {
@@ -134,7 +140,16 @@ impl<R: Caller> Core<R> {
         let deadline = now + timeout;
         self.call_deadlines.insert((deadline, request_id, worker_id));
         let queued = now.duration_since(enqueued_at);
-        self.effects.push(Effect::Call { worker: worker_id, request_id, request, reply, deadline, timeout, queued, retry });
+        self.effects.push(Effect::Call {
+            worker: worker_id,
+            request_id,
+            request,
+            reply,
+            deadline,
+            timeout,
+            queued,
+            retry,
+        });
         if used_up {
             self.retire(worker_id, Reason::MaxRequests, now);
         } else if nearly_used_up {

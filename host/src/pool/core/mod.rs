@@ -48,10 +48,7 @@ pub(super) enum Input<R> {
     /// A call the core sent ([`Effect::Call`]) has its outcome.
     Finished(Completion),
     /// A worker the core started ([`Effect::Start`]) said hello, or failed.
-    Started {
-        id: u32,
-        outcome: Result<WorkerReady, StartError>,
-    },
+    Started { id: u32, outcome: Result<WorkerReady, StartError> },
     /// A worker process is gone.
     Exited {
         id: u32,
@@ -64,9 +61,7 @@ pub(super) enum Input<R> {
     /// Time passed: deadlines up to now are due ([`Core::next_deadline`]).
     Tick,
     /// Stop taking calls; let calls in flight finish for up to `grace`.
-    Shutdown {
-        grace: Duration,
-    },
+    Shutdown { grace: Duration },
 }
 
 /// How a call the core sent ([`Effect::Call`]) ended.

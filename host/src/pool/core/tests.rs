@@ -100,7 +100,10 @@ impl Harness {
             streaming_tools: Vec::new(),
             idempotent_tools: Vec::new(),
         };
-        self.on(Input::Started { id, outcome: Ok(WorkerReady { pid: 1000 + id, hello, rss_bytes: 1 << 20, threads: 1 }) })
+        self.on(Input::Started {
+            id,
+            outcome: Ok(WorkerReady { pid: 1000 + id, hello, rss_bytes: 1 << 20, threads: 1 }),
+        })
     }
 
     fn fail_start(&mut self, id: u32) -> &[Effect<CallerId>] {
