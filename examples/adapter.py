@@ -9,9 +9,10 @@ module spec) would serve the module-level @tool function ``shout`` instead.
 """
 
 import os
+import sys
 import time
 
-from pitboss_worker import Adapter, tool
+from pitboss_worker import Adapter, context, tool
 
 
 def _fib(n):
@@ -72,6 +73,27 @@ class Example(Adapter):
     def pid(self):
         """The worker's process id (which worker of a pool served the call)."""
         return os.getpid()
+
+    @tool
+    def ticks(self, n=10, interval=0.0):
+        """A streaming tool: a generator's items reach the caller as they
+        are yielded (`pitboss call --stream default ticks '{"n": 3}'`)."""
+        for i in range(n):
+            if interval:
+                time.sleep(interval)
+            yield {"tick": i, "request_id": context.request_id}
+
+    @tool
+    def log(self, message):
+        """Writes `message` to the worker's stderr, where the host logs it
+        with the pool and worker id (and the caller gets nothing back)."""
+        print(message, file=sys.stderr, flush=True)
+
+    @tool(idempotent=True)
+    def lookup(self, key):
+        """Safe to run twice, so a pool with `retries` may rerun it on another
+        worker when its worker crashes."""
+        return {"key": key, "pid": os.getpid()}
 
 
 @tool(name="shout")

@@ -310,11 +310,13 @@ async fn metrics_scraped_under_load_parse_and_count_every_call() {
     host.execute("pool", call("fail", json!({}))).await.unwrap_err();
     host.execute("pool", call("no_such_tool", json!({}))).await.unwrap_err();
     host.recycle("pool", host.stats().await[0].workers[0].id).await.unwrap();
-    assert!(eventually(Duration::from_secs(20), async || {
-        let stats = host.stats().await;
-        stats[0].ready == 2 && stats[0].draining == 0
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            let stats = host.stats().await;
+            stats[0].ready == 2 && stats[0].draining == 0
+        })
+        .await
+    );
 
     let samples = parse_metrics(&scrape(address).await);
     let count = |outcome: &str, tool: &str| {

@@ -183,7 +183,7 @@ def test_load_module_spec(clean_imports):
 
 def test_load_example_adapter(clean_imports):
     loaded = load_adapter("adapter:Example", [EXAMPLES_DIR])
-    assert sorted(loaded.tools) == ["add", "echo", "fail", "fib", "matmul", "noop", "pid", "sleep"]
+    assert sorted(loaded.tools) == ["add", "echo", "fail", "fib", "log", "lookup", "matmul", "noop", "pid", "sleep", "ticks"]
     assert loaded.tools["fib"].func(20) == 6765
     assert sorted(load_adapter("adapter", [EXAMPLES_DIR]).tools) == ["shout"]
 

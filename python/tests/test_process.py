@@ -92,7 +92,7 @@ def test_pipelined_calls_answer_in_order(host):
 
 def test_example_adapter(host):
     hello = host.start_ready("adapter:Example")
-    assert hello["tools"] == ["add", "echo", "fail", "fib", "matmul", "noop", "pid", "sleep"]
+    assert hello["tools"] == ["add", "echo", "fail", "fib", "log", "lookup", "matmul", "noop", "pid", "sleep", "ticks"]
     assert host.roundtrip(1, "echo", {"x": [1, None]}).value == {"x": [1, None]}
     assert host.roundtrip(2, "add", {"a": 1, "b": 2}).value == 3
     assert host.roundtrip(3, "sleep", {"seconds": 0.01}).value == 0.01

@@ -16,12 +16,24 @@ mod output;
 mod plugin_test;
 mod policy;
 mod serve;
+mod status;
 
 #[derive(Parser)]
 #[command(name = "pitboss", version, about = "Runs pools of Python workers behind WebAssembly scheduling policies")]
 struct Cli {
+    /// How log lines (on stderr) look: `text` for people, `json` (one
+    /// object per line) for log collectors. Filter with PITBOSS_LOG or
+    /// RUST_LOG, e.g. `info,pitboss::worker=warn`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -32,7 +44,7 @@ enum Command {
     /// Call a tool through a running host; prints the result.
     Call(call::Args),
     /// Show a running host's pools and workers.
-    Status(admin::StatusArgs),
+    Status(status::Args),
     /// Recycle one worker of a running host: it drains, and a replacement
     /// takes its place.
     Recycle(admin::RecycleArgs),
@@ -59,6 +71,7 @@ enum PluginCommand {
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let init_logging = |default: &str| init_logging(default, cli.log_format);
     let outcome = match cli.command {
         Command::Serve(args) => {
             init_logging("info");
@@ -70,7 +83,7 @@ pub fn main() -> ExitCode {
         }
         Command::Status(args) => {
             init_logging("warn");
-            admin::status(&args)
+            status::run(&args)
         }
         Command::Recycle(args) => {
             init_logging("warn");
@@ -104,7 +117,7 @@ pub fn main() -> ExitCode {
 
 /// Logs go to stderr. `PITBOSS_LOG` (or `RUST_LOG`) takes a tracing filter
 /// such as `info` or `pitboss::plugin=debug`; `default` applies otherwise.
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let spec = std::env::var("PITBOSS_LOG").or_else(|_| std::env::var("RUST_LOG")).ok();
     let filter = match spec.as_deref().map(EnvFilter::try_new) {
         Some(Ok(filter)) => filter,
@@ -114,5 +127,9 @@ fn init_logging(default: &str) {
         }
         None => EnvFilter::new(default),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }

@@ -218,6 +218,7 @@ impl Effector {
                     // The pool hears first, so a caller who asks for the
                     // pool's status after its answer never sees its call
                     // still in flight.
+                    log_outcome(&pool, &request, worker, duration, &result);
                     let error = result.as_ref().err().cloned();
                     let tool = request.tool.clone();
                     notify(
@@ -308,6 +309,21 @@ fn answer(
         CallOutcome::Abandoned => {
             let message = format!("no answer within {timeout:?}; the worker was stopped and is being replaced");
             (Err(CallError::new(ErrorKind::Timeout, message)), true)
+        }
+    }
+}
+
+/// One line per call, with its request id: at debug level, or warn when
+/// the worker rather than the tool failed it.
+fn log_outcome(pool: &str, request: &CallRequest, worker: u32, took: Duration, result: &Result<CallOutput, CallError>) {
+    let request_id = request.request_id.as_deref().unwrap_or("");
+    match result {
+        Ok(_) => tracing::debug!(pool, request_id, tool = %request.tool, worker, ?took, "call answered"),
+        Err(error) if matches!(error.kind, ErrorKind::WorkerCrashed | ErrorKind::Timeout | ErrorKind::Protocol) => {
+            tracing::warn!(pool, request_id, tool = %request.tool, worker, ?took, error = %error, "call failed")
+        }
+        Err(error) => {
+            tracing::debug!(pool, request_id, tool = %request.tool, worker, ?took, error = %error, "call failed")
         }
     }
 }
