@@ -23,32 +23,36 @@ struct Served {
 
 impl Served {
     fn start(pool_settings: &str) -> Served {
+        Served::launch("", pool_settings, |serve| serve.stderr(Stdio::inherit()))
+    }
+
+    /// [`Served::start`] with JSON logs, each call's log line on, and the
+    /// host's stderr sent to `log`.
+    fn start_logging_json(pool_settings: &str, log: Stdio) -> Served {
+        Served::launch("", pool_settings, |serve| {
+            serve.arg("--log-format=json").env("PITBOSS_LOG", "info,pitboss::pool=debug").stderr(log)
+        })
+    }
+
+    /// Starts `pitboss [OPTIONS] serve` with `host_settings` added to
+    /// `[host]` (`options` adds the options and the environment) and waits
+    /// for every worker.
+    fn launch(host_settings: &str, pool_settings: &str, options: impl FnOnce(&mut Command) -> &mut Command) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let address = free_address();
-        let config = support::config(dir.path(), pool_settings);
-        let original = std::fs::read_to_string(&config.source).unwrap();
-        let with_address = original.replacen("[host]\n", &format!("[host]\napi_address = {address:?}\n"), 1);
-        std::fs::write(&config.source, with_address).unwrap();
-        let child = Command::new(PITBOSS)
-            .args(["serve", "--config"])
-            .arg(&config.source)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let served = Served { child, address, config: config.source, run_dir: dir.path().join("run"), _dir: dir };
+        let config =
+            config_with_host(dir.path(), &format!("api_address = {address:?}\n{host_settings}"), pool_settings);
+        let mut serve = Command::new(PITBOSS);
+        options(&mut serve);
+        let child = serve.args(["serve", "--config"]).arg(&config).stdout(Stdio::null()).spawn().unwrap();
+        let served = Served { child, address, config, run_dir: dir.path().join("run"), _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while served.call(&["pool", "noop"]).status.code() != Some(0) {
             assert!(Instant::now() < deadline, "pitboss serve did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
         // The pool serves from its first worker; wait for all of them.
-        while !text(&served.admin(&["status"]).stdout).lines().next().is_some_and(|line| {
-            line.split(", ")
-                .nth(1)
-                .and_then(|ready| ready.strip_suffix(" ready"))
-                .is_some_and(|n| n.split_once('/').is_some_and(|(ready, size)| ready == size))
-        }) {
+        while !served.status_json()["pools"][0].as_object().is_some_and(|pool| pool["ready"] == pool["size"]) {
             assert!(Instant::now() < deadline, "the workers did not all start");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -57,6 +61,17 @@ impl Served {
 
     fn call(&self, args: &[&str]) -> Output {
         self.admin(&[&["call"], args].concat())
+    }
+
+    /// `pitboss call ARGS...` left running, its output piped.
+    fn spawn_call(&self, args: &[&str]) -> Child {
+        Command::new(PITBOSS)
+            .args(["call", "--addr", &self.address])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// Runs `pitboss COMMAND --addr ADDRESS ARGS...`.
@@ -74,6 +89,13 @@ impl Served {
     fn worker_pids(&self) -> Vec<u32> {
         worker_pids(&self.run_dir)
     }
+
+    /// `pitboss status --json`, parsed.
+    fn status_json(&self) -> serde_json::Value {
+        let output = self.admin(&["status", "--json"]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}: {}", text(&output.stdout)))
+    }
 }
 
 impl Drop for Served {
@@ -81,6 +103,14 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The test config file in `dir`, with `host_settings` added to `[host]`.
+fn config_with_host(dir: &Path, host_settings: &str, pool_settings: &str) -> PathBuf {
+    let path = support::config(dir, pool_settings).source;
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, original.replacen("[host]\n", &format!("[host]\n{host_settings}\n"), 1)).unwrap();
+    path
 }
 
 fn worker_pids(run_dir: &Path) -> Vec<u32> {
@@ -138,23 +168,31 @@ fn call_prints_results_and_errors_with_the_documented_exit_codes() {
 #[test]
 fn status_shows_the_workers_and_recycle_drains_one_over_the_admin_api() {
     let served = Served::start("size = 2");
-    let status = text(&served.admin(&["status"]).stdout);
-    assert!(status.starts_with("pool pool  process × 1 thread(s), 2/2 ready, 0 starting, 0 draining\n"), "{status}");
-    assert!(status.contains("thread_safe true"), "{status}");
-    let worker_lines: Vec<&str> = status.lines().filter(|line| line.contains(" ready ")).collect();
-    assert_eq!(worker_lines.len(), 2, "{status}");
-    let first: u32 = worker_lines[0].split_whitespace().next().unwrap().parse().unwrap();
+    let status = text(&served.admin(&["status", "--workers"]).stdout);
+    let lines: Vec<&str> = status.lines().collect();
+    assert!(lines[0].starts_with("POOL") && lines[0].contains("UTILISATION"), "{status}");
+    assert!(
+        lines[1].starts_with("pool ") && lines[1].contains("process×1") && lines[1].contains("2/2 ready"),
+        "{status}"
+    );
+    assert!(lines[1].contains("░░░░░░░░░░   0%"), "an empty utilisation bar: {status}");
+    let worker_header = lines.iter().position(|line| line.starts_with("POOL  WORKER")).expect("a worker table");
+    let worker_rows: Vec<&str> =
+        lines[worker_header + 1..].iter().copied().filter(|l| l.starts_with("pool ")).collect();
+    assert_eq!(worker_rows.len(), 2, "{status}");
+    assert!(worker_rows.iter().all(|row| row.contains(" MiB ")), "RSS in human units: {status}");
 
+    let first = served.status_json()["pools"][0]["workers"][0]["id"].as_u64().unwrap();
     let recycled = served.operator(&["recycle", "pool", &first.to_string()]);
     assert_eq!(recycled.status.code(), Some(0), "{}", text(&recycled.stderr));
     assert!(text(&recycled.stdout).contains("is draining"), "{}", text(&recycled.stdout));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let status = text(&served.admin(&["status"]).stdout);
-        if status.contains("recycles: manual 1") && status.contains("2/2 ready") && !status.contains(" draining ") {
+        let pool = &served.status_json()["pools"][0];
+        if pool["recycles"]["manual"] == 1 && pool["ready"] == 2 && pool["draining"] == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the recycle did not complete: {status}");
+        assert!(Instant::now() < deadline, "the recycle did not complete: {pool}");
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -163,6 +201,131 @@ fn status_shows_the_workers_and_recycle_drains_one_over_the_admin_api() {
     assert!(text(&unknown.stderr).contains("pool `pool` has no worker 99"), "{}", text(&unknown.stderr));
     let after = served.call(&["pool", "add", r#"{"a": 1, "b": 1}"#]);
     assert_eq!(text(&after.stdout), "2\n");
+}
+
+#[test]
+fn status_json_has_the_documented_shape_and_real_figures() {
+    let served = Served::start("size = 2");
+    served.call(&["pool", "fail", r#"{"message": "nope"}"#]);
+    let slow = served.spawn_call(&["pool", "sleep", r#"{"seconds": 3}"#]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = served.status_json();
+        if status["pools"][0]["in_flight"] == 1 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the slow call never showed in flight: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    assert_same_shape("", &documented_status_example(), &status);
+    let pool = &status["pools"][0];
+    assert_eq!(pool["utilisation"], 0.5, "{pool}");
+    assert_eq!(pool["errors"]["exception"], 1, "{pool}");
+    assert_eq!(pool["failed"], 1, "{pool}");
+    let pids = served.worker_pids();
+    for worker in pool["workers"].as_array().unwrap() {
+        let pid = worker["pid"].as_u64().unwrap() as u32;
+        assert!(pids.contains(&pid), "worker pid {pid} is one of the pool's processes {pids:?}");
+        let rss = worker["rss_bytes"].as_u64().unwrap();
+        assert!(rss > 5 << 20, "a Python process's RSS, not zero or the host's: {rss}");
+    }
+    assert_eq!(slow.wait_with_output().unwrap().status.code(), Some(0));
+
+    let one = served.admin(&["status", "--json", "--pool", "nowhere"]);
+    assert_eq!(one.status.code(), Some(1));
+    assert!(text(&one.stderr).contains("no pool named `nowhere`"), "{}", text(&one.stderr));
+}
+
+/// The example document in docs/status.md.
+fn documented_status_example() -> serde_json::Value {
+    let doc = std::fs::read_to_string(support::root().join("docs/status.md")).unwrap();
+    let start = doc.find("```json\n").expect("docs/status.md has a ```json example") + "```json\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    serde_json::from_str(&doc[start..end]).unwrap_or_else(|err| panic!("the example in docs/status.md: {err}"))
+}
+
+/// `actual` has the keys and value types of `documented`, recursively:
+/// every element of an array is shaped like the example's first; a `null`
+/// in the example stands for "a string or null"; `errors` maps kinds
+/// (which vary) to counts.
+fn assert_same_shape(path: &str, documented: &serde_json::Value, actual: &serde_json::Value) {
+    use serde_json::Value;
+    match (documented, actual) {
+        (Value::Object(_), Value::Object(counts)) if path.ends_with(".errors") => {
+            assert!(counts.values().all(Value::is_u64), "{path}: counts by kind, got {actual}");
+        }
+        (Value::Object(doc), Value::Object(got)) => {
+            let doc_keys: Vec<&String> = doc.keys().collect();
+            let got_keys: Vec<&String> = got.keys().collect();
+            assert_eq!(got_keys, doc_keys, "{path}: the keys docs/status.md documents");
+            for (key, value) in doc {
+                assert_same_shape(&format!("{path}.{key}"), value, &got[key]);
+            }
+        }
+        (Value::Array(doc), Value::Array(got)) => {
+            let example = doc.first().unwrap_or_else(|| panic!("{path}: the example needs one element"));
+            for (i, value) in got.iter().enumerate() {
+                assert_same_shape(&format!("{path}[{i}]"), example, value);
+            }
+        }
+        (Value::Null, Value::Null | Value::String(_)) => {}
+        (Value::Number(doc), Value::Number(got)) => {
+            assert_eq!(doc.is_f64(), got.is_f64(), "{path}: {documented} and {actual} differ in kind of number");
+        }
+        _ => assert_eq!(
+            std::mem::discriminant(documented),
+            std::mem::discriminant(actual),
+            "{path}: documented {documented}, got {actual}"
+        ),
+    }
+}
+
+#[test]
+fn call_stream_prints_each_chunk_in_order_with_the_request_id() {
+    let served = Served::start("size = 1");
+    let streamed = served.call(&["--stream", "--request-id", "req-7", "pool", "ticks", r#"{"n": 5}"#]);
+    assert_eq!(streamed.status.code(), Some(0), "{}", text(&streamed.stderr));
+    let expected: String = (0..5).map(|i| format!("{{\"tick\":{i},\"request_id\":\"req-7\"}}\n")).collect();
+    assert_eq!(text(&streamed.stdout), expected);
+
+    let not_a_generator = served.call(&["--stream", "pool", "add", r#"{"a": 1, "b": 2}"#]);
+    assert_eq!(text(&not_a_generator.stdout), "3\n", "a plain tool streams its one answer");
+
+    let failed = served.call(&["--request-id", "req-8", "pool", "fail", r#"{"message": "nope"}"#]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(text(&failed.stderr).contains("request id: req-8"), "{}", text(&failed.stderr));
+}
+
+#[test]
+fn json_logs_carry_the_request_id_and_the_worker_of_each_line() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let served = Served::start_logging_json("size = 1", Stdio::from(log.reopen().unwrap()));
+    let answered = served.call(&["--request-id", "req-42", "pool", "log", r#"{"message": "hello from python"}"#]);
+    assert_eq!(answered.status.code(), Some(0), "{}", text(&answered.stderr));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(log.path())
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not a JSON log line ({err}): {line}")))
+            .collect();
+        let has = |message: &str| lines.iter().any(|line| line["message"] == message);
+        if has("hello from python") && lines.iter().any(|line| line["tool"] == "log") {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "the log lacks the call or the worker's output: {lines:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let answered = lines.iter().find(|line| line["tool"] == "log").unwrap();
+    assert_eq!(answered["message"], "call answered", "{answered}");
+    assert_eq!(answered["request_id"], "req-42", "{answered}");
+    assert_eq!(answered["pool"], "pool", "{answered}");
+    let printed = lines.iter().find(|line| line["message"] == "hello from python").unwrap();
+    assert_eq!(printed["pool"], "pool", "{printed}");
+    assert_eq!(printed["stream"], "stderr", "{printed}");
+    assert!(printed["worker"].is_u64(), "{printed}");
 }
 
 #[test]
@@ -237,6 +400,30 @@ fn admin_methods_are_not_served_on_the_callers_address() {
     let socket = std::fs::metadata(served.run_dir.join("admin.sock")).unwrap();
     assert!(socket.file_type().is_socket());
     assert_eq!(socket.permissions().mode() & 0o777, 0o600, "owner-only");
+}
+
+#[test]
+fn a_tcp_admin_address_is_opt_in_warned_about_and_found_by_the_operator_commands() {
+    let admin = format!("tcp://{}", free_address());
+    let dir = tempfile::tempdir().unwrap();
+    let without_opt_in = config_with_host(dir.path(), &format!("admin_address = {admin:?}"), "size = 1");
+    let refused = Command::new(PITBOSS).args(["serve", "--config"]).arg(&without_opt_in).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains("host.admin_address") && stderr.contains("set `admin_allow_tcp = true`"), "{stderr}");
+
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let host_settings = format!("admin_address = {admin:?}\nadmin_allow_tcp = true");
+    let served = Served::launch(&host_settings, "size = 1", |serve| serve.stderr(log.reopen().unwrap()));
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logged.contains("the Admin service listens on TCP"), "a warning at start: {logged}");
+    assert!(!served.run_dir.join("admin.sock").exists(), "no socket besides the TCP address");
+
+    let worker = served.status_json()["pools"][0]["workers"][0]["id"].to_string();
+    let by_flag = Command::new(PITBOSS).args(["recycle", "--admin-socket", &admin, "pool", &worker]).output().unwrap();
+    assert_eq!(by_flag.status.code(), Some(0), "{}", text(&by_flag.stderr));
+    let by_config = served.operator(&["policy", "list"]);
+    assert_eq!(by_config.status.code(), Some(0), "the config names the TCP address: {}", text(&by_config.stderr));
 }
 
 #[test]

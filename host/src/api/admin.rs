@@ -1,9 +1,11 @@
-//! `pitboss.v1.Admin` on the admin socket: a Unix socket with mode 0600
-//! (`host.admin_address`, `<run_dir>/admin.sock` by default), so only the
-//! host's own user reaches recycling and policy swaps; callers on the API
-//! address get UNIMPLEMENTED for every Admin method.
+//! `pitboss.v1.Admin` on the admin address: by default a Unix socket with
+//! mode 0600 (`host.admin_address`, `<run_dir>/admin.sock`), so only the
+//! host's own user reaches recycling and policy swaps; a TCP address when
+//! the config opts in (`admin_allow_tcp`), with a warning. Callers on the
+//! API address get UNIMPLEMENTED for every Admin method.
 //!
-//! Owns: the socket file and mapping Admin messages to [`Host`] calls.
+//! Owns: the admin listener, the socket file, and mapping Admin messages
+//! to [`Host`] calls.
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -12,20 +14,45 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
 use super::proto::{self, admin_server::AdminServer};
+use crate::config::AdminAddress;
 use crate::host::{PolicyKind, RulesKind};
 use crate::policy::{Candidate, PolicyVersion, ReplayReport, SwapOptions, SwapReport};
 use crate::pool::AdminError;
 use crate::Host;
 
-/// Binds the admin socket at `path` (mode 0600, its folder created 0700 if
-/// missing). A socket file left by a host that is gone is replaced; one
-/// that a live host answers on is an error.
-pub async fn bind_admin(path: &Path) -> Result<UnixListener> {
+/// A bound admin address, ready for [`serve_admin`].
+pub enum AdminListener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+/// Binds the admin address. A Unix socket gets mode 0600 (its folder is
+/// created 0700 if missing); a socket file left by a host that is gone is
+/// replaced, one that a live host answers on is an error. A TCP address is
+/// bound with a warning: anyone who reaches it is an operator.
+pub async fn bind_admin(address: &AdminAddress) -> Result<AdminListener> {
+    match address {
+        AdminAddress::Unix(path) => bind_socket(path).await.map(AdminListener::Unix),
+        AdminAddress::Tcp(tcp) => {
+            let listener = TcpListener::bind(tcp)
+                .await
+                .with_context(|| format!("cannot listen on the admin address {address} (host.admin_address)"))?;
+            tracing::warn!(
+                admin = %address,
+                "the Admin service listens on TCP (host.admin_allow_tcp): anyone who can reach it can recycle \
+                 workers and swap policies; keep it on a private network"
+            );
+            Ok(AdminListener::Tcp(listener))
+        }
+    }
+}
+
+async fn bind_socket(path: &Path) -> Result<UnixListener> {
     if let Some(folder) = path.parent().filter(|folder| !folder.exists()) {
         std::fs::create_dir_all(folder)
             .with_context(|| format!("cannot create {} for the admin socket", folder.display()))?;
@@ -48,18 +75,23 @@ pub async fn bind_admin(path: &Path) -> Result<UnixListener> {
 }
 
 /// Serves `Admin` for `host` on `listener` until `shutdown` resolves, then
-/// removes the socket file.
-pub async fn serve_admin(host: Arc<Host>, listener: UnixListener, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let path = listener.local_addr().ok().and_then(|address| address.as_pathname().map(Path::to_owned));
-    let served = tonic::transport::Server::builder()
-        .add_service(AdminServer::new(Admin { host }))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .context("the admin API server failed");
-    if let Some(path) = path {
-        let _ = std::fs::remove_file(path);
-    }
-    served
+/// removes the socket file, if it is one.
+pub async fn serve_admin(host: Arc<Host>, listener: AdminListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let server = tonic::transport::Server::builder().add_service(AdminServer::new(Admin { host }));
+    let served = match listener {
+        AdminListener::Tcp(listener) => {
+            server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
+        }
+        AdminListener::Unix(listener) => {
+            let path = listener.local_addr().ok().and_then(|address| address.as_pathname().map(Path::to_owned));
+            let served = server.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await;
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(path);
+            }
+            served
+        }
+    };
+    served.context("the admin API server failed")
 }
 
 struct Admin {

@@ -1,8 +1,8 @@
-//! [`AdminClient`]: a running host's `Admin` service on its admin socket,
+//! [`AdminClient`]: a running host's `Admin` service on its admin address,
 //! as plain library types, for the CLI's operator commands and for Rust
 //! programs run by the host's user.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::proto::{self, admin_client};
+use crate::config::AdminAddress;
 use crate::host::{PolicyKind, PoolPolicies};
 use crate::policy::{Divergence, PluginMeta, PolicyVersion, ReplayReport, SwapOptions, SwapReport, SwapStage};
 use crate::pool::{AdminError, Decision};
@@ -31,25 +32,32 @@ pub enum Component {
 }
 
 impl AdminClient {
-    /// Connects to the admin socket at `path`; a socket that cannot be
-    /// reached is an error naming it.
-    pub async fn connect(path: &Path) -> Result<AdminClient> {
-        let socket = path.to_owned();
-        // The URI is required by the transport but unused: the connector
-        // below decides where the connection goes.
-        let channel = Endpoint::from_static("http://admin.sock")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-            }))
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the pitboss admin socket {} (is `pitboss serve` running, as this user? \
-                     host.admin_address or --admin-socket names it)",
-                    path.display()
-                )
-            })?;
+    /// Connects to the admin address (a socket path or a TCP address); one
+    /// that cannot be reached is an error naming it.
+    pub async fn connect(address: &AdminAddress) -> Result<AdminClient> {
+        let unreachable = || {
+            format!(
+                "cannot reach the pitboss admin address {address} (is `pitboss serve` running, as this user? \
+                 host.admin_address or --admin-socket names it)"
+            )
+        };
+        let channel = match address {
+            AdminAddress::Tcp(tcp) => {
+                Endpoint::from_shared(format!("http://{tcp}"))?.connect().await.with_context(unreachable)?
+            }
+            AdminAddress::Unix(path) => {
+                let socket = path.clone();
+                // The URI is required by the transport but unused: the
+                // connector below decides where the connection goes.
+                Endpoint::from_static("http://admin.sock")
+                    .connect_with_connector(tower::service_fn(move |_| {
+                        let socket = socket.clone();
+                        async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+                    }))
+                    .await
+                    .with_context(unreachable)?
+            }
+        };
         Ok(AdminClient { admin: admin_client::AdminClient::new(channel) })
     }
 

@@ -30,7 +30,7 @@ mod client;
 mod errors;
 mod metrics;
 
-pub use admin::{bind_admin, serve_admin};
+pub use admin::{bind_admin, serve_admin, AdminListener};
 pub use admin_client::{AdminClient, Component};
 pub use client::Client;
 pub use metrics::{bind_metrics, serve_metrics};

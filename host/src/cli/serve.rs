@@ -55,7 +55,7 @@ async fn serve(config: Config) -> Result<()> {
     };
     tracing::info!(
         %address,
-        admin = %admin_address.display(),
+        admin = %admin_address,
         metrics = metrics.as_deref().unwrap_or("off"),
         "pitboss is serving"
     );

@@ -10,6 +10,7 @@
 //! [`Config`]. Keys the host does not know are kept as [`ExtraSetting`]s
 //! for those rules. Must not start, spawn or bind anything.
 
+mod admin_address;
 mod diagnostic;
 mod invariants;
 mod parse;
@@ -23,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use admin_address::AdminAddress;
 pub use diagnostic::{Diagnostic, ExtraSetting, SettingValue, Severity};
 pub use parse::{default_admin_address, default_run_dir, resolve_interpreter};
 pub use policy_limits::{default_policy_cache, PolicyLimits};
@@ -48,9 +50,10 @@ pub struct HostConfig {
     pub run_dir: PathBuf,
     /// Address the gRPC API listens on.
     pub api_address: SocketAddr,
-    /// Unix socket the operators' `Admin` service listens on (mode 0600),
-    /// out of callers' reach; `<run_dir>/admin.sock` by default.
-    pub admin_address: PathBuf,
+    /// Where the operators' `Admin` service listens, out of callers'
+    /// reach: a Unix socket (mode 0600), `<run_dir>/admin.sock` by default;
+    /// a TCP address only with `admin_allow_tcp = true`.
+    pub admin_address: AdminAddress,
     /// Where compiled policy components are cached; `None` disables it.
     pub policy_cache: Option<PathBuf>,
     /// Where Prometheus scrapes `/metrics`; `None`: not served.

@@ -2,14 +2,15 @@
 //! `[[pool]]` (or the legacy single-pool form), defaults, and each pool's
 //! interpreter. Every problem is collected; none stops the reading.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::read::Table;
 use super::{
-    default_policy_cache, Config, ConfigError, Diagnostic, Enforcement, HostConfig, Interpreter, Lifecycle,
-    PolicyLimits, PoolConfig, Profile, DEFAULT_API_ADDRESS, DEFAULT_COMPAT_RULES, DEFAULT_CONFIG_RULES, DEFAULT_ROUTER,
-    LEGACY_POOL,
+    default_policy_cache, AdminAddress, Config, ConfigError, Diagnostic, Enforcement, HostConfig, Interpreter,
+    Lifecycle, PolicyLimits, PoolConfig, Profile, DEFAULT_API_ADDRESS, DEFAULT_COMPAT_RULES, DEFAULT_CONFIG_RULES,
+    DEFAULT_ROUTER, LEGACY_POOL,
 };
 
 /// Top-level keys that mark Snakepit's legacy single-pool form.
@@ -107,9 +108,7 @@ fn host_config(raw: &mut Table, base: &Path) -> HostConfig {
     });
     let run_dir = raw.string("run_dir").map(|dir| base.join(dir)).unwrap_or_else(default_run_dir);
     HostConfig {
-        admin_address: raw
-            .string("admin_address")
-            .map_or_else(|| default_admin_address(&run_dir), |path| base.join(path)),
+        admin_address: admin_address(raw, base, &run_dir, api_address),
         run_dir,
         api_address,
         policy_cache: raw.string("policy_cache").map(|dir| base.join(dir)).or_else(default_policy_cache),
@@ -272,6 +271,43 @@ fn policy_ref(written: String, base: &Path) -> String {
         return written;
     }
     base.join(written).display().to_string()
+}
+
+/// `admin_address`: a socket path, or a TCP address that
+/// `admin_allow_tcp = true` accepts and that is not the callers' address.
+fn admin_address(raw: &mut Table, base: &Path, run_dir: &Path, api_address: SocketAddr) -> AdminAddress {
+    let allow_tcp = raw.boolean("admin_allow_tcp").unwrap_or(false);
+    let default = || AdminAddress::Unix(default_admin_address(run_dir));
+    let Some(text) = raw.string("admin_address") else {
+        return default();
+    };
+    match AdminAddress::parse(&text, base) {
+        Ok(AdminAddress::Tcp(address)) if address == api_address => {
+            raw.problem(
+                "admin_address",
+                format!(
+                    "`{text}` is the api_address: callers must not reach the Admin service; give it its own address"
+                ),
+            );
+            default()
+        }
+        Ok(AdminAddress::Tcp(_)) if !allow_tcp => {
+            raw.problem(
+                "admin_address",
+                format!(
+                    "`{text}` is a TCP address, and anyone who can reach it can recycle workers and swap policies; \
+                     set `admin_allow_tcp = true` in [host] to accept that, or give a Unix socket path (the \
+                     default is RUN_DIR/admin.sock)"
+                ),
+            );
+            default()
+        }
+        Ok(address) => address,
+        Err(message) => {
+            raw.problem("admin_address", message);
+            default()
+        }
+    }
 }
 
 /// Where a host's admin socket is when `admin_address` is not set.

@@ -293,3 +293,23 @@ fn relative_policy_paths_resolve_against_the_config_folder() {
     let absolute = parse("[[pool]]\nname = \"p\"\nadapter = \"m\"\nrouter = \"/opt/r.wasm\"\n").unwrap();
     assert_eq!(absolute.pools[0].router, "/opt/r.wasm");
 }
+
+#[test]
+fn a_tcp_admin_address_needs_the_opt_in_and_its_own_port() {
+    let pool = "[[pool]]\nname = \"p\"\nadapter = \"m\"\n";
+    let socket = parse(&format!("[host]\nadmin_address = \"admin.sock\"\n{pool}")).unwrap();
+    assert_eq!(socket.host.admin_address, AdminAddress::Unix("/etc/pitboss/admin.sock".into()));
+
+    let refused = problems(&format!("[host]\nadmin_address = \"tcp://10.0.0.5:50052\"\n{pool}"));
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].starts_with("error host.admin_address: `tcp://10.0.0.5:50052` is a TCP address"), "{refused:?}");
+    assert!(refused[0].contains("set `admin_allow_tcp = true`"), "the fix is named: {refused:?}");
+
+    let allowed = parse(&format!("[host]\nadmin_address = \"tcp://10.0.0.5:50052\"\nadmin_allow_tcp = true\n{pool}"));
+    assert_eq!(allowed.unwrap().host.admin_address, AdminAddress::Tcp("10.0.0.5:50052".parse().unwrap()));
+
+    let shared = problems(&format!(
+        "[host]\napi_address = \"127.0.0.1:7000\"\nadmin_address = \"tcp://127.0.0.1:7000\"\nadmin_allow_tcp = true\n{pool}"
+    ));
+    assert!(shared[0].contains("is the api_address: callers must not reach the Admin service"), "{shared:?}");
+}
