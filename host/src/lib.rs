@@ -16,6 +16,26 @@
 //!   program can embed it.
 //! - [`api`] and [`cli`]: the gRPC service and the command line, on top of
 //!   a [`Host`].
+//!
+//! # Embedding
+//!
+//! A Rust program can run the pools itself, with no gRPC in between
+//! (`examples/embed.rs` is a complete one):
+//!
+//! ```no_run
+//! use pitboss::{CallRequest, Config, Host};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let host = Host::start(Config::load("pitboss.toml".as_ref())?).await?;
+//! let answer = host.execute("default", CallRequest::json("add", r#"{"a": 2, "b": 3}"#)).await?;
+//! assert_eq!(&answer.payload[..], b"5");
+//! for pool in host.stats().await {
+//!     println!("{}: {}/{} ready, {:.0}% busy", pool.name, pool.ready, pool.size, pool.utilisation() * 100.0);
+//! }
+//! host.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod api;
 #[doc(hidden)]
@@ -30,7 +50,9 @@ mod worker;
 pub use api::Client;
 pub use config::Config;
 pub use host::{Host, METRICS_CONTENT_TYPE};
-pub use pool::{AdminError, CallError, CallOutput, CallRequest, ErrorKind, PoolStatus, WorkerStatus};
+pub use pool::{
+    AdminError, CallError, CallOutput, CallRequest, CallStream, ErrorKind, PoolStatus, StreamChunk, WorkerStatus,
+};
 pub use worker::ContentType;
 /// What /proc says about a worker process, for programs that watch a host's
 /// workers (its tests check for orphans and memory with these).

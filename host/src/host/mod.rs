@@ -36,6 +36,9 @@ use crate::worker::{Spawner, WorkerRecords};
 pub use metrics::METRICS_CONTENT_TYPE;
 use rules::{HostRules, RulesSlot};
 
+/// A running pitboss: every pool of a [`Config`], each behind its routing
+/// policy. Everything the CLI and the gRPC API do goes through one; the
+/// crate's front page shows it embedded.
 pub struct Host {
     config: Config,
     pools: BTreeMap<String, ServedPool>,
@@ -101,7 +104,7 @@ struct ServedPool {
 
 impl Host {
     /// Starts every pool and waits until each has a ready worker (the rest
-    /// keep starting in the background; [`Host::status`] counts them). Must
+    /// keep starting in the background; [`Host::stats`] counts them). Must
     /// run inside a tokio runtime. On any failure, whatever started is
     /// stopped again and the error says what failed.
     pub async fn start(config: Config) -> Result<Host> {
@@ -199,6 +202,16 @@ impl Host {
     /// tool yields, as it yields them. Reading the stream slowly slows the
     /// generator (16 chunks at most are in flight); dropping it before its
     /// end stops the generator.
+    ///
+    /// ```no_run
+    /// # async fn run(host: &pitboss::Host) -> Result<(), pitboss::CallError> {
+    /// let mut chunks = host.execute_stream("default", pitboss::CallRequest::json("ticks", r#"{"n": 3}"#));
+    /// while let Some(chunk) = chunks.next().await {
+    ///     println!("{}", String::from_utf8_lossy(&chunk?.payload));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn execute_stream(&self, pool: &str, mut request: CallRequest) -> CallStream {
         self.request_ids.assign(&mut request);
         self.metrics.record_stream(pool, &request.tool, self.pools.contains_key(pool));
@@ -228,6 +241,21 @@ impl Host {
     /// the pool routes with it from its next decision on. Calls in flight
     /// and queued are not disturbed. A refusal is in the report, and leaves
     /// the live version in place.
+    ///
+    /// ```no_run
+    /// use pitboss::policy::{Candidate, SwapOptions};
+    ///
+    /// # async fn run(host: &pitboss::Host) -> anyhow::Result<()> {
+    /// let wasm = std::fs::read("my_router.wasm")?;
+    /// let candidate = Candidate { label: "my_router.wasm".to_owned(), wasm };
+    /// let report = host.swap_router("default", candidate, SwapOptions::default()).await?;
+    /// match report.refused {
+    ///     Some((stage, why)) => eprintln!("refused at {stage:?}: {why}"),
+    ///     None => println!("live after {:?}", report.elapsed),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn swap_router(
         &self,
         pool: &str,
