@@ -224,6 +224,18 @@ async fn the_request_id_reaches_the_tool_and_its_error() {
     let error = host.execute("nope", call("fail", json!({}))).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::UnknownPool);
     assert!(error.request_id.is_some());
+
+    let mut long = call("whoami", json!({}));
+    long.request_id = Some("x".repeat(256));
+    let error = host.execute("pool", long).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::BadArguments);
+    assert_eq!(error.message, "the request id is 256 bytes long; at most 255 are allowed");
+    let mut long = call("whoami", json!({}));
+    long.session = Some("s".repeat(70_000));
+    let mut stream = host.execute_stream("pool", long);
+    let (chunks, error) = read_all(&mut stream).await;
+    assert!(chunks.is_empty());
+    assert!(error.unwrap().message.starts_with("the session key is 70000 bytes long"), "refused before any worker");
     host.shutdown().await;
 }
 
@@ -339,5 +351,45 @@ async fn metrics_scraped_under_load_parse_and_count_every_call() {
     let decided = sample(&samples, "pitboss_policy_decision_seconds_count", json!({"pool": "pool"})).unwrap();
     assert_eq!(decided, decisions, "every decision timed");
     assert_eq!(sample(&samples, "pitboss_policy_swaps_total", json!({"pool": "pool"})).unwrap(), 0.0);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_metrics_count_each_version_on_its_own() {
+    use pitboss::policy::{Candidate, SwapOptions, BUILTIN_ROUTERS};
+    let (_dir, host) = start("size = 2").await;
+    for _ in 0..5 {
+        host.execute("pool", call("whoami", json!({}))).await.unwrap();
+    }
+    let round_robin = BUILTIN_ROUTERS.iter().find(|b| b.name == "round-robin").unwrap();
+    let candidate = Candidate { label: "round-robin".to_owned(), wasm: round_robin.wasm.to_vec() };
+    let swapped = host.swap_router("pool", candidate, SwapOptions::default()).await.unwrap();
+    assert!(swapped.refused.is_none(), "{:?}", swapped.refused);
+    for _ in 0..7 {
+        host.execute("pool", call("whoami", json!({}))).await.unwrap();
+    }
+
+    let samples = parse_metrics(&host.metrics().await);
+    let by_version = |name: &str, plugin: &str| -> f64 {
+        let found: Vec<&Value> = samples
+            .iter()
+            .filter(|s| s["name"] == name && s["labels"]["version"].as_str().unwrap_or("").contains(plugin))
+            .collect();
+        assert_eq!(found.len(), 1, "one {name} series for {plugin}: {found:?}");
+        found[0]["value"].as_f64().unwrap()
+    };
+    assert_eq!(by_version("pitboss_policy_decisions_total", "least-loaded"), 5.0, "its count stays after the swap");
+    assert_eq!(by_version("pitboss_policy_decisions_total", "round-robin"), 7.0, "counted from zero");
+    assert_eq!(by_version("pitboss_policy_decision_seconds_count", "round-robin"), 7.0);
+    assert_eq!(by_version("pitboss_policy_faults_total", "round-robin"), 0.0);
+    assert_eq!(sample(&samples, "pitboss_policy_swaps_total", json!({"pool": "pool"})).unwrap(), 1.0);
+    let states: Vec<&str> = samples
+        .iter()
+        .filter(|s| s["name"] == "pitboss_workers")
+        .map(|s| s["labels"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["starting", "ready", "draining", "stopping"], "every state, once");
+    let ready = sample(&samples, "pitboss_workers", json!({"state": "ready"})).unwrap();
+    assert_eq!(ready, 2.0);
     host.shutdown().await;
 }

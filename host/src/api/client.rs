@@ -148,7 +148,6 @@ fn pool_status(p: proto::PoolStatus) -> PoolStatus {
         router: RouterReport {
             policy: p.router,
             version: p.router_version,
-            decision_latency: Default::default(),
             decisions: p.router_decisions,
             fallbacks: p.router_fallbacks,
             faults: p.router_faults,

@@ -8,6 +8,8 @@
 //! Owns: the metric families, their names and labels. Must not touch: the
 //! pools or the policies (it is handed their snapshots).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -19,8 +21,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::policy::PolicyChanges;
-use crate::pool::{CallError, CallOutput, ErrorKind, PoolStatus, DECISION_BUCKETS_NS};
+use crate::policy::{PolicyChanges, VersionUsage};
+use crate::pool::{CallError, CallOutput, ErrorKind, PoolStatus, WorkerStatus, DECISION_BUCKETS_NS};
 
 /// The content type of [`CallMetrics::encode`]'s text.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -61,8 +63,8 @@ impl Default for CallMetrics {
 /// The `pool` and `tool` labels of a call. Names a caller made up (an
 /// unknown pool or tool) are not labels, or any caller could add series
 /// without bound.
-fn call_labels(pool: &str, tool: &str, error: Option<&CallError>) -> Labels {
-    let (pool, tool) = match error.map(|e| e.kind) {
+fn call_labels(pool: &str, tool: &str, error: Option<ErrorKind>) -> Labels {
+    let (pool, tool) = match error {
         Some(ErrorKind::UnknownPool) => ("", ""),
         Some(ErrorKind::UnknownTool) => (pool, ""),
         _ => (pool, tool),
@@ -73,7 +75,7 @@ fn call_labels(pool: &str, tool: &str, error: Option<&CallError>) -> Labels {
 impl CallMetrics {
     /// Counts one finished `Execute` of `tool` on `pool` that took `elapsed`.
     pub(super) fn record(&self, pool: &str, tool: &str, outcome: &Result<CallOutput, CallError>, elapsed: Duration) {
-        let mut labels = call_labels(pool, tool, outcome.as_ref().err());
+        let mut labels = call_labels(pool, tool, outcome.as_ref().err().map(|e| e.kind));
         if let Ok(output) = outcome {
             self.queue_wait.get_or_create(&labels[..1].to_vec()).observe(output.queued.as_secs_f64());
             if output.attempts > 1 {
@@ -87,8 +89,8 @@ impl CallMetrics {
 
     /// Counts one `ExecuteStream` started.
     pub(super) fn record_stream(&self, pool: &str, tool: &str, known_pool: bool) {
-        let error = (!known_pool).then(|| CallError::new(ErrorKind::UnknownPool, ""));
-        self.streams.get_or_create(&call_labels(pool, tool, error.as_ref())).inc();
+        let refused = if known_pool { None } else { Some(ErrorKind::UnknownPool) };
+        self.streams.get_or_create(&call_labels(pool, tool, refused)).inc();
     }
 
     /// The text exposition of everything: these counters and `snapshot`.
@@ -126,14 +128,54 @@ impl CallMetrics {
 #[derive(Debug)]
 pub(super) struct Snapshot {
     pub pools: Vec<PoolStatus>,
-    /// Each pool's routing policy changes, by pool name.
-    pub policy_changes: Vec<(String, PolicyChanges)>,
+    /// Each pool's routing policies, by pool name.
+    pub policies: Vec<PoolPolicyUsage>,
+}
+
+/// What one pool's routing policies did.
+#[derive(Debug)]
+pub(super) struct PoolPolicyUsage {
+    pub pool: String,
+    pub changes: PolicyChanges,
+    /// Every version that has been live, by its label
+    /// ([`crate::policy::RouterSlot::version_usage`]).
+    pub versions: Vec<(String, Arc<VersionUsage>)>,
+}
+
+impl PoolPolicyUsage {
+    /// Usage summed by version label: the same component swapped in twice
+    /// is one version with one series.
+    fn by_version(&self) -> BTreeMap<&str, VersionTotals> {
+        let mut totals: BTreeMap<&str, VersionTotals> = BTreeMap::new();
+        for (version, usage) in &self.versions {
+            let total = totals.entry(version).or_default();
+            total.decisions += usage.decisions();
+            total.faults += usage.faults();
+            total.fallbacks += usage.fallbacks();
+            let latency = usage.decision_latency();
+            total.latency_sum_ns += latency.sum_ns;
+            total.latency.resize(latency.counts.len().max(total.latency.len()), 0);
+            for (sum, count) in total.latency.iter_mut().zip(latency.counts) {
+                *sum += count;
+            }
+        }
+        totals
+    }
+}
+
+#[derive(Default)]
+struct VersionTotals {
+    decisions: u64,
+    faults: u64,
+    fallbacks: u64,
+    latency: Vec<u64>,
+    latency_sum_ns: u64,
 }
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let pool = |p: &PoolStatus| vec![("pool", p.name.clone())];
-        let per_pool = |value: fn(&PoolStatus) -> i64| self.pools.iter().map(move |p| (pool(p), value(p)));
+        let per_pool = |value: fn(&PoolStatus) -> u64| self.pools.iter().map(move |p| (pool(p), value(p)));
         gauges(&mut encoder, "pitboss_queue_depth", "Calls waiting for a worker", per_pool(|p| p.queued.into()))?;
         gauges(&mut encoder, "pitboss_in_flight", "Calls running on workers", per_pool(|p| p.in_flight.into()))?;
         gauges(
@@ -142,15 +184,19 @@ impl Collector for Snapshot {
             "Calls the pool can run at once: serving workers times threads each",
             per_pool(|p| p.capacity.into()),
         )?;
+        // From each worker's own state, so the states do not overlap
+        // (the pool's `ready` also counts workers still draining).
         let by_state = self.pools.iter().flat_map(|p| {
-            [("ready", p.ready), ("starting", p.starting), ("draining", p.draining)]
-                .map(|(state, count)| (vec![("pool", p.name.clone()), ("state", state.to_owned())], i64::from(count)))
+            WorkerStatus::STATES.map(|state| {
+                let count = p.workers.iter().filter(|w| w.state == state).count();
+                (vec![("pool", p.name.clone()), ("state", state.to_owned())], count as u64)
+            })
         });
         gauges(&mut encoder, "pitboss_workers", "Workers by state", by_state)?;
         let rss = self.pools.iter().flat_map(|p| {
             p.workers.iter().map(|w| {
                 let labels = vec![("pool", p.name.clone()), ("worker", w.id.to_string())];
-                (labels, i64::try_from(w.rss_bytes).unwrap_or(i64::MAX))
+                (labels, w.rss_bytes)
             })
         });
         gauges(&mut encoder, "pitboss_worker_rss_bytes", "Resident memory of each worker process", rss)?;
@@ -161,7 +207,6 @@ impl Collector for Snapshot {
                 .map(|(reason, count)| (vec![("pool", p.name.clone()), ("reason", reason.to_string())], count))
         });
         counters(&mut encoder, "pitboss_worker_recycles", "Workers replaced, by reason", recycles)?;
-        let per_pool = |value: fn(&PoolStatus) -> u64| self.pools.iter().map(move |p| (pool(p), value(p)));
         counters(
             &mut encoder,
             "pitboss_worker_restarts",
@@ -170,47 +215,49 @@ impl Collector for Snapshot {
         )?;
         counters(&mut encoder, "pitboss_worker_crashes", "Workers that exited unasked", per_pool(|p| p.crashes))?;
 
-        let version = |p: &PoolStatus| vec![("pool", p.name.clone()), ("version", p.router.version.clone())];
-        let per_version = |value: fn(&PoolStatus) -> u64| self.pools.iter().map(move |p| (version(p), value(p)));
-        let live = "by pool and the live policy version";
+        let versions: Vec<(&str, BTreeMap<&str, VersionTotals>)> =
+            self.policies.iter().map(|p| (p.pool.as_str(), p.by_version())).collect();
+        let per_version = |value: fn(&VersionTotals) -> u64| {
+            versions.iter().flat_map(move |(pool, totals)| {
+                totals.iter().map(move |(version, total)| (version_labels(pool, version), value(total)))
+            })
+        };
+        let each = "by pool and policy version, over every stretch the version was live";
         counters(
             &mut encoder,
             "pitboss_policy_decisions",
-            &format!("Routing decisions, {live}"),
-            per_version(|p| p.router.decisions),
+            &format!("Routing decisions the policy took, {each}"),
+            per_version(|v| v.decisions),
         )?;
         counters(
             &mut encoder,
             "pitboss_policy_faults",
-            &format!("Routing policy faults (traps, fuel, deadline, bad decisions), {live}"),
-            per_version(|p| p.router.faults),
+            &format!("Routing policy faults (traps, fuel, deadline, bad decisions), {each}"),
+            per_version(|v| v.faults),
         )?;
         counters(
             &mut encoder,
             "pitboss_policy_fallbacks",
-            &format!("Decisions the native least-loaded rule took after a fault, {live}"),
-            per_version(|p| p.router.fallbacks),
+            &format!("Requests the native least-loaded rule routed in the policy's place, {each}"),
+            per_version(|v| v.fallbacks),
         )?;
-        let help = format!("Time a routing decision took, {live}");
+        let help = format!("Time a routing decision took, {each}");
         let mut latency =
             encoder.encode_descriptor("pitboss_policy_decision_seconds", &help, None, MetricType::Histogram)?;
-        for p in &self.pools {
-            let measured = &p.router.decision_latency;
-            if measured.counts.is_empty() {
-                continue;
+        for (pool, totals) in &versions {
+            for (version, total) in totals.iter().filter(|(_, total)| !total.latency.is_empty()) {
+                let bounds = DECISION_BUCKETS_NS.iter().map(|ns| *ns as f64 / 1e9).chain([f64::INFINITY]);
+                let buckets: Vec<(f64, u64)> = bounds.zip(total.latency.iter().copied()).collect();
+                latency.encode_family(&version_labels(pool, version))?.encode_histogram::<NoLabelSet>(
+                    total.latency_sum_ns as f64 / 1e9,
+                    total.latency.iter().sum(),
+                    &buckets,
+                    None,
+                )?;
             }
-            let bounds = DECISION_BUCKETS_NS.iter().map(|ns| *ns as f64 / 1e9).chain([f64::INFINITY]);
-            let buckets: Vec<(f64, u64)> = bounds.zip(measured.counts.iter().copied()).collect();
-            let labels = version(p);
-            latency.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                measured.sum_ns as f64 / 1e9,
-                measured.counts.iter().sum(),
-                &buckets,
-                None,
-            )?;
         }
         let changes = |value: fn(&PolicyChanges) -> u64| {
-            self.policy_changes.iter().map(move |(pool, changes)| (vec![("pool", pool.clone())], value(changes)))
+            self.policies.iter().map(move |p| (vec![("pool", p.pool.clone())], value(&p.changes)))
         };
         counters(&mut encoder, "pitboss_policy_swaps", "Routing policy versions made live", changes(|c| c.swaps))?;
         counters(
@@ -226,13 +273,17 @@ fn gauges(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    values: impl Iterator<Item = (Labels, i64)>,
+    values: impl Iterator<Item = (Labels, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in values {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+fn version_labels(pool: &str, version: &str) -> Labels {
+    vec![("pool", pool.to_owned()), ("version", version.to_owned())]
 }
 
 fn counters(

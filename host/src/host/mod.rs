@@ -32,7 +32,7 @@ use crate::policy::{
 use crate::pool::{
     AdminError, CallError, CallOutput, CallRequest, CallStream, ErrorKind, Pool, PoolServices, PoolStatus,
 };
-use crate::worker::{Spawner, WorkerRecords};
+use crate::worker::{Spawner, WorkerRecords, MAX_REQUEST_ID_BYTES, MAX_SESSION_BYTES};
 pub use metrics::METRICS_CONTENT_TYPE;
 use rules::{HostRules, RulesSlot};
 
@@ -185,14 +185,10 @@ impl Host {
     /// Dropping the future before the answer cancels the call: a queued
     /// call never runs, a running one is told (`context.cancelled()`).
     pub async fn execute(&self, pool: &str, mut request: CallRequest) -> Result<CallOutput, CallError> {
-        self.request_ids.assign(&mut request);
         let (started, tool) = (std::time::Instant::now(), request.tool.clone());
-        let outcome = match self.pools.get(pool) {
-            Some(served) => served.pool.execute(request).await,
-            None => Err(CallError {
-                request_id: request.request_id,
-                ..CallError::new(ErrorKind::UnknownPool, self.unknown_pool(pool))
-            }),
+        let outcome = match self.admit(pool, &mut request) {
+            Ok(served) => served.pool.execute(request).await,
+            Err(error) => Err(error),
         };
         self.metrics.record(pool, &tool, &outcome, started.elapsed());
         outcome
@@ -213,15 +209,30 @@ impl Host {
     /// # }
     /// ```
     pub fn execute_stream(&self, pool: &str, mut request: CallRequest) -> CallStream {
-        self.request_ids.assign(&mut request);
         self.metrics.record_stream(pool, &request.tool, self.pools.contains_key(pool));
-        match self.pools.get(pool) {
-            Some(served) => served.pool.execute_stream(request),
-            None => CallStream::failed(CallError {
-                request_id: request.request_id,
-                ..CallError::new(ErrorKind::UnknownPool, self.unknown_pool(pool))
-            }),
+        match self.admit(pool, &mut request) {
+            Ok(served) => served.pool.execute_stream(request),
+            Err(error) => CallStream::failed(error),
         }
+    }
+
+    /// Gives `request` its id and finds its pool; a request the worker
+    /// protocol cannot carry, or for a pool that does not exist, is refused
+    /// here with an error that carries the id.
+    fn admit(&self, pool: &str, request: &mut CallRequest) -> Result<&ServedPool, CallError> {
+        self.request_ids.assign(request);
+        let refused =
+            |kind, message| CallError { request_id: request.request_id.clone(), ..CallError::new(kind, message) };
+        let too_long = |what: &str, len: usize, max: usize| {
+            refused(ErrorKind::BadArguments, format!("the {what} is {len} bytes long; at most {max} are allowed"))
+        };
+        if let Some(id) = request.request_id.as_deref().filter(|id| id.len() > MAX_REQUEST_ID_BYTES) {
+            return Err(too_long("request id", id.len(), MAX_REQUEST_ID_BYTES));
+        }
+        if let Some(session) = request.session.as_deref().filter(|key| key.len() > MAX_SESSION_BYTES) {
+            return Err(too_long("session key", session.len(), MAX_SESSION_BYTES));
+        }
+        self.pools.get(pool).ok_or_else(|| refused(ErrorKind::UnknownPool, self.unknown_pool(pool)))
     }
 
     /// Recycles worker `worker` of `pool` the way the lifecycle limits do:
@@ -378,8 +389,16 @@ impl Host {
     /// [`METRICS_CONTENT_TYPE`]), as `[host] metrics` serves it; for a
     /// program that embeds the host and serves its own `/metrics`.
     pub async fn metrics(&self) -> String {
-        let policy_changes = self.pools.iter().map(|(name, served)| (name.clone(), served.router.changes())).collect();
-        self.metrics.encode(metrics::Snapshot { pools: self.stats().await, policy_changes })
+        let policies = self
+            .pools
+            .iter()
+            .map(|(name, served)| metrics::PoolPolicyUsage {
+                pool: name.clone(),
+                changes: served.router.changes(),
+                versions: served.router.version_usage(),
+            })
+            .collect();
+        self.metrics.encode(metrics::Snapshot { pools: self.stats().await, policies })
     }
 
     /// One pool's state.

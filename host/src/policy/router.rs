@@ -57,11 +57,17 @@ pub struct RouterPolicy {
     options: Option<Vec<(String, String)>>,
 }
 
-/// Decisions and faults of one version, across every instance of it.
+/// Decisions, faults, fallbacks and decision time of one version, across
+/// every instance of it and every stretch it was live: what the metrics
+/// label with the version.
 #[derive(Debug, Default)]
 pub struct VersionUsage {
     pub(super) decisions: AtomicU64,
     pub(super) faults: AtomicU64,
+    fallbacks: AtomicU64,
+    /// Decisions by latency bucket ([`pool::DECISION_BUCKETS_NS`]).
+    latency: [AtomicU64; pool::DECISION_BUCKETS_NS.len() + 1],
+    latency_sum_ns: AtomicU64,
 }
 
 impl VersionUsage {
@@ -71,6 +77,25 @@ impl VersionUsage {
 
     pub fn faults(&self) -> u64 {
         self.faults.load(Ordering::Relaxed)
+    }
+
+    /// Requests the native least-loaded rule routed in this version's place.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    pub fn decision_latency(&self) -> pool::DecisionLatency {
+        pool::DecisionLatency {
+            counts: self.latency.iter().map(|count| count.load(Ordering::Relaxed)).collect(),
+            sum_ns: self.latency_sum_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_latency(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = pool::DECISION_BUCKETS_NS.iter().position(|bound| ns <= *bound).unwrap_or(self.latency.len() - 1);
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 }
 
@@ -250,9 +275,6 @@ pub struct RouterStats {
     hook_calls: AtomicU64,
     faults: [AtomicU64; FaultKind::ALL.len()],
     log: Arc<LogCounters>,
-    /// Decisions by latency bucket ([`pool::DECISION_BUCKETS_NS`]).
-    latency: [AtomicU64; pool::DECISION_BUCKETS_NS.len() + 1],
-    latency_sum_ns: AtomicU64,
 }
 
 /// A point-in-time copy of [`RouterStats`].
@@ -299,20 +321,6 @@ impl RouterStats {
                 .collect(),
             log_lines: self.log.emitted.load(Ordering::Relaxed),
             log_lines_dropped: self.log.dropped.load(Ordering::Relaxed),
-        }
-    }
-
-    fn count_latency(&self, took: Duration) {
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = pool::DECISION_BUCKETS_NS.iter().position(|bound| ns <= *bound).unwrap_or(self.latency.len() - 1);
-        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-
-    fn decision_latency(&self) -> pool::DecisionLatency {
-        pool::DecisionLatency {
-            counts: self.latency.iter().map(|count| count.load(Ordering::Relaxed)).collect(),
-            sum_ns: self.latency_sum_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -386,7 +394,7 @@ impl RouterInstance {
             }
         };
         self.slot.decisions().record(request, workers, &routed.decision);
-        self.stats.count_latency(started.elapsed());
+        self.policy.usage.count_latency(started.elapsed());
         routed
     }
 
@@ -457,6 +465,7 @@ impl RouterInstance {
 
     fn fallback(&self, workers: &[WorkerView], fault: Option<PolicyFault>) -> Routed {
         self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.policy.usage.fallbacks.fetch_add(1, Ordering::Relaxed);
         Routed { decision: pool::least_loaded(workers), fallback: true, fault }
     }
 }
@@ -476,7 +485,6 @@ impl pool::Router for RouterInstance {
         RouterReport {
             policy: self.policy.label.clone(),
             version: self.policy.meta.to_string(),
-            decision_latency: self.stats.decision_latency(),
             decisions: stats.decisions,
             fallbacks: stats.fallbacks,
             faults: stats.total_faults(),

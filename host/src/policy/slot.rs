@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 
 use super::replay::DecisionLog;
 use super::router::VersionUsage;
-use super::RouterPolicy;
+use super::{PluginMeta, RouterPolicy};
 
 /// Live periods a slot remembers, newest last.
 const HISTORY: usize = 32;
@@ -204,6 +204,20 @@ impl RouterSlot {
     /// The live version first, then earlier live periods, newest first.
     pub fn history(&self) -> Vec<PolicyVersion> {
         self.lock().history.iter().rev().map(LivePeriod::show).collect()
+    }
+
+    /// Each version that has been live, once, labelled as status labels
+    /// the live one (`name@version (sha256 …)`), with its usage over every
+    /// stretch it was live.
+    pub fn version_usage(&self) -> Vec<(String, Arc<VersionUsage>)> {
+        let mut versions: Vec<(String, Arc<VersionUsage>)> = Vec::new();
+        for period in &self.lock().history {
+            if !versions.iter().any(|(_, usage)| Arc::ptr_eq(usage, &period.usage)) {
+                let meta = PluginMeta { declared: period.declared.clone(), sha256: period.sha256.clone() };
+                versions.push((meta.to_string(), period.usage.clone()));
+            }
+        }
+        versions
     }
 
     pub fn changes(&self) -> PolicyChanges {

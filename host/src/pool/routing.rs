@@ -96,7 +96,6 @@ pub struct RouterReport {
     pub policy: String,
     /// The live version's declared `name@version` and sha256 prefix.
     pub version: String,
-    pub decision_latency: DecisionLatency,
     /// Routing calls answered (by the policy or its fallback).
     pub decisions: u64,
     /// Calls decided by the native fallback because the policy faulted.

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 
 use connection::FrameWriter;
 use protocol::Frame;
-pub use protocol::{Call, ContentType, Hello, WorkerError, STREAM_WINDOW};
+pub use protocol::{Call, ContentType, Hello, WorkerError, MAX_REQUEST_ID_BYTES, MAX_SESSION_BYTES, STREAM_WINDOW};
 pub use records::{process_start_time, WorkerRecords};
 pub use spawn::Spawner;
 pub use start::{start, StartError};

@@ -100,6 +100,11 @@ pub struct WorkerError {
     pub traceback: Option<String>,
 }
 
+/// The longest request id a CALL carries (a one-byte length).
+pub const MAX_REQUEST_ID_BYTES: usize = u8::MAX as usize;
+/// The longest session key a CALL carries (a two-byte length).
+pub const MAX_SESSION_BYTES: usize = u16::MAX as usize;
+
 /// A CALL frame's fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Call {
@@ -108,8 +113,9 @@ pub struct Call {
     pub content_type: ContentType,
     /// The caller reads the answer as a stream.
     pub stream: bool,
-    /// The call's request id as callers and logs know it (at most 255
-    /// bytes; longer ones are cut at a character boundary).
+    /// The call's request id as callers and logs know it (at most
+    /// [`MAX_REQUEST_ID_BYTES`]; the host refuses longer ones, and the
+    /// encoder cuts them at a character boundary).
     pub trace_id: String,
     pub session: Option<String>,
     pub payload: Bytes,
@@ -224,7 +230,7 @@ impl Call {
     fn encode_body(&self, body: &mut BytesMut) -> io::Result<()> {
         let tool_len = u16::try_from(self.tool.len())
             .map_err(|_| invalid(format!("tool name of {} bytes is too long", self.tool.len())))?;
-        let trace_id = cut_at_char(&self.trace_id, u8::MAX as usize);
+        let trace_id = cut_at_char(&self.trace_id, MAX_REQUEST_ID_BYTES);
         let session = self.session.as_deref().unwrap_or("");
         let session_len = u16::try_from(session.len())
             .map_err(|_| invalid(format!("session key of {} bytes is too long (at most 65535)", session.len())))?;
