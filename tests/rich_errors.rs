@@ -1,7 +1,9 @@
-//! Failed calls over gRPC in the richer error model, read by clients that
-//! know nothing of pitboss but the .proto: a Rust one with tonic-types'
-//! `ErrorDetails`, and a Python one with grpcio and grpcio-status
-//! (tests/clients/read_call_error.py). Real host, real workers, loopback.
+//! Calls over gRPC as clients that know nothing of pitboss but the .proto
+//! read them: failures in the richer error model, read by a Rust client
+//! with tonic-types' `ErrorDetails` and a Python one with grpcio and
+//! grpcio-status (tests/clients/read_call_error.py), and the request id a
+//! caller names in the `x-request-id` header. Real host, real workers,
+//! loopback.
 
 mod support;
 
@@ -202,4 +204,45 @@ async fn a_worker_crash_reads_as_aborted_with_its_kind() {
     );
     assert_eq!(py["error_info"]["reason"], "worker_crashed");
     served.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_x_request_id_header_names_the_call_and_comes_back() {
+    let served = serve("size = 1").await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", served.address)).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let request = |tool: &str, args: Value| {
+        let mut request = tonic::Request::new(ExecuteRequest {
+            pool: "pool".into(),
+            tool: tool.into(),
+            payload: args.to_string().into_bytes(),
+        });
+        request.metadata_mut().insert("x-request-id", "from-header-1".parse().unwrap());
+        request
+    };
+    let header = |metadata: &tonic::metadata::MetadataMap| {
+        metadata.get("x-request-id").map(|value| value.to_str().unwrap().to_owned())
+    };
+
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<ExecuteRequest, ()>::default();
+    let path = "/pitboss.v1.Pitboss/Execute".parse().unwrap();
+    let answered = grpc.unary(request("add", json!({"a": 1, "b": 2})), path, codec).await.unwrap();
+    assert_eq!(header(answered.metadata()).as_deref(), Some("from-header-1"));
+
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<ExecuteRequest, ()>::default();
+    let path = "/pitboss.v1.Pitboss/ExecuteStream".parse().unwrap();
+    let streamed = grpc.server_streaming(request("ticks", json!({"n": 2})), path, codec).await.unwrap();
+    assert_eq!(header(streamed.metadata()).as_deref(), Some("from-header-1"), "a stream names its id up front");
+    let mut chunks = streamed.into_inner();
+    let mut count = 0;
+    while chunks.message().await.unwrap().is_some() {
+        count += 1;
+    }
+    assert_eq!(count, 2);
+
+    let failed = rust_client(&served.address, "fail", json!({"message": "nope"})).await;
+    assert!(!failed.call_error.request_id.is_empty(), "a failure names the id the host made: {failed:?}");
 }

@@ -106,7 +106,9 @@ impl Pitboss for Service {
         let tool = call.tool.clone();
         // Dropping this stream (the caller cancelled or went away) drops
         // the CallStream, which cancels the generator.
-        let chunks = self.host.execute_stream(&pool, call).map(move |chunk| match chunk {
+        let chunks = self.host.execute_stream(&pool, call);
+        let request_id = chunks.request_id().and_then(|id| id.parse().ok());
+        let chunks = chunks.map(move |chunk| match chunk {
             Ok(chunk) => Ok(proto::StreamChunk {
                 payload: chunk.payload.to_vec(),
                 content_type: content_type_to_proto(chunk.content_type) as i32,
@@ -114,7 +116,11 @@ impl Pitboss for Service {
             }),
             Err(error) => Err(errors::status(&error, &pool, &tool)),
         });
-        Ok(Response::new(Box::pin(chunks)))
+        let mut response = Response::new(Box::pin(chunks) as ChunkStream);
+        if let Some(value) = request_id {
+            response.metadata_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        Ok(response)
     }
 
     async fn list_pools(

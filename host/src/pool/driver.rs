@@ -245,7 +245,11 @@ impl Effector {
                 });
                 handle.call(call, on_chunk, on_answer);
             }
-            Effect::Fail { reply, error } => reply.finish(Err(error)),
+            Effect::Fail { reply, error } => {
+                let request_id = reply.request_id().unwrap_or("");
+                tracing::debug!(pool = %self.pool, request_id, error = %error, "call refused before a worker ran it");
+                reply.finish(Err(error))
+            }
             Effect::Abandon { worker, request_id } => {
                 if let Some(handle) = self.handles.get(&worker) {
                     handle.abandon(request_id);

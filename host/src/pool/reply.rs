@@ -70,7 +70,8 @@ impl Reply {
     pub(super) fn stream(request_id: Option<String>) -> (Reply, CallStream) {
         let (to, events) = mpsc::unbounded_channel();
         let link = Arc::new(Link::default());
-        let stream = CallStream { events, link: link.clone(), unacknowledged: 0, ended: false };
+        let stream =
+            CallStream { events, link: link.clone(), unacknowledged: 0, ended: false, request_id: request_id.clone() };
         (Reply { to: ReplyTo::Stream(to), link, attempt: 1, request_id }, stream)
     }
 
@@ -98,6 +99,10 @@ impl Reply {
     }
 
     /// Answers the caller: the result, or for a stream its end.
+    pub(super) fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
     pub(super) fn finish(self, result: Result<CallOutput, CallError>) {
         let request_id = self.request_id;
         let result = match result {
@@ -209,14 +214,20 @@ pub struct CallStream {
     /// Chunks read since credit was last granted.
     unacknowledged: u32,
     ended: bool,
+    request_id: Option<String>,
 }
 
 impl CallStream {
     /// A stream that fails at once with `error` (the call never started).
     pub(crate) fn failed(error: CallError) -> CallStream {
-        let (reply, stream) = Reply::stream(None);
+        let (reply, stream) = Reply::stream(error.request_id.clone());
         reply.finish(Err(error));
         stream
+    }
+
+    /// The call's request id (the caller's, or the one the host made).
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
     }
 
     /// The next chunk; `None` after the last one; an error ends the stream.
