@@ -50,7 +50,6 @@ async fn main() -> Result<()> {
     }
 
     let pool = host.pool_stats("tools").await?;
-    host.recycle("tools", pool.workers[0].id).await?;
     println!(
         "pool `{}`: {}/{} ready, {} served, {} failed, {:.0}% busy",
         pool.name,
@@ -60,6 +59,9 @@ async fn main() -> Result<()> {
         pool.failed,
         pool.utilisation() * 100.0
     );
+    // The worker drains, and a replacement takes its place.
+    host.recycle("tools", pool.workers[0].id).await?;
+    println!("recycling worker {}", pool.workers[0].id);
 
     let metrics = host.metrics().await;
     for line in metrics.lines().filter(|line| line.starts_with("pitboss_requests_total")) {

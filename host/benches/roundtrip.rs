@@ -1,8 +1,12 @@
 //! Round trip of a no-op tool on 1- and 2-worker process pools: through the
 //! embedded `Host`, through `pitboss.v1` gRPC on loopback, and through
 //! Python's `concurrent.futures.ProcessPoolExecutor` with the same function
-//! (benches/ppe_baseline.py), all in one run. Prints p50/p99 and throughput
-//! at 1, 8 and 32 calls in flight, and the embedded/PPE p50 ratio.
+//! (benches/ppe_baseline.py), all in one run, beside two floors measured in
+//! the same run: a plain Python echo of framed messages over a Unix socket
+//! (benches/socket_floor.py) and a tonic↔tonic call that does nothing (the
+//! gRPC health check, on the host's own server and client settings).
+//! Prints p50/p99 and throughput at 1, 8 and 32 calls in flight, and the
+//! ratios the benchmark targets are set in.
 //!
 //! Run: `cargo bench -p pitboss --bench roundtrip` (after scripts/python-env).
 //! `PITBOSS_BENCH_CALLS` sets the calls per measurement (default 3000).
@@ -46,13 +50,18 @@ fn main() {
         String::from_utf8_lossy(&baseline.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    let socket = runtime.block_on(socket_floor(calls, &python));
+    println!(
+        "floor: plain Python framed echo over a Unix socket: p50 {:.0} µs, p99 {:.0} µs",
+        socket.p50_us, socket.p99_us
+    );
     println!("no-op tool round trip, {calls} calls per figure");
     println!(
         "{:<8} {:<10} {:>9} {:>9} {:>11} {:>11} {:>11}",
         "workers", "path", "p50", "p99", "1 in flight", "8 in flight", "32 in flight"
     );
     for (workers, ppe) in [1u32, 2].into_iter().zip(&baseline) {
-        let (embedded, grpc) = runtime.block_on(measure_pool(workers, calls, &python));
+        let (embedded, grpc, tonic) = runtime.block_on(measure_pool(workers, calls, &python));
         let ppe = Figures {
             p50_us: ppe["p50_us"].as_f64().unwrap(),
             p99_us: ppe["p99_us"].as_f64().unwrap(),
@@ -64,15 +73,48 @@ fn main() {
                 figures.p50_us, figures.p99_us, figures.throughput[0], figures.throughput[1], figures.throughput[2]
             );
         }
+        println!("{workers:<8} floor      tonic↔tonic no-op: p50 {:.0} µs, p99 {:.0} µs", tonic.p50_us, tonic.p99_us);
         println!(
-            "{workers:<8} ratio      embedded p50 / ProcessPoolExecutor p50 = {:.2} (target ≤ 0.35); grpc = {:.2}",
+            "{workers:<8} ratios     embedded/ppe {:.2} (target ≤ 0.25), embedded/socket floor {:.2} (≤ 2), \
+             grpc/ppe {:.2} (≤ 0.6), (grpc − embedded)/tonic floor {:.2} (≤ 1.5)",
             embedded.p50_us / ppe.p50_us,
-            grpc.p50_us / ppe.p50_us
+            embedded.p50_us / socket.p50_us,
+            grpc.p50_us / ppe.p50_us,
+            (grpc.p50_us - embedded.p50_us) / tonic.p50_us
         );
     }
 }
 
-async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (Figures, Figures) {
+/// Sequential round trips of a 2-byte frame through socket_floor.py.
+async fn socket_floor(calls: usize, python: &std::path::Path) -> Figures {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("floor.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let mut echo = tokio::process::Command::new(python)
+        .arg(root().join("host/benches/socket_floor.py"))
+        .arg(&path)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the socket floor starts");
+    let (stream, _) = listener.accept().await.unwrap();
+    let stream = std::sync::Arc::new(tokio::sync::Mutex::new(stream));
+    let figures = figures(calls, move || {
+        let stream = stream.clone();
+        async move {
+            let mut stream = stream.lock().await;
+            let frame = [0, 0, 0, 2, b'{', b'}'];
+            stream.write_all(&frame).await.unwrap();
+            let mut answer = [0u8; 6];
+            stream.read_exact(&mut answer).await.unwrap();
+        }
+    })
+    .await;
+    let _ = echo.kill().await;
+    figures
+}
+
+async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (Figures, Figures, Figures) {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("pitboss.toml");
     std::fs::write(
@@ -108,18 +150,45 @@ async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (
     let server = tokio::spawn(pitboss::api::serve(host.clone(), listener, async {
         let _ = stopped.await;
     }));
-    let client = Client::connect(address).await.unwrap();
-    let grpc = figures(calls, move || {
-        let mut client = client.clone();
-        async move {
-            client.execute("bench", CallRequest::json("noop", "{}")).await.expect("noop succeeds over gRPC");
-        }
+    let grpc = as_another_program(async move {
+        let client = Client::connect(address).await.unwrap();
+        figures(calls, move || {
+            let mut client = client.clone();
+            async move {
+                client.execute("bench", CallRequest::json("noop", "{}")).await.expect("noop succeeds over gRPC");
+            }
+        })
+        .await
+    })
+    .await;
+    let tonic = as_another_program(async move {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap().connect().await;
+        let health = tonic_health::pb::health_client::HealthClient::new(channel.unwrap());
+        figures(calls, move || {
+            let mut health = health.clone();
+            async move {
+                let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                health.check(request).await.expect("health check");
+            }
+        })
+        .await
     })
     .await;
     let _ = stop.send(());
     host.shutdown().await;
     let _ = server.await;
-    (embedded, grpc)
+    (embedded, grpc, tonic)
+}
+
+/// Runs a network client's measurement on a runtime of its own, on a
+/// thread of its own, as a caller in another program would: not as tasks
+/// competing with the host's own on the host's runtime.
+async fn as_another_program(measure: impl Future<Output = Figures> + Send + 'static) -> Figures {
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(measure)
+    })
+    .await
+    .unwrap()
 }
 
 /// Sequential round trips (after a warm-up), then throughput at each

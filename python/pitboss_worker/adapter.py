@@ -41,7 +41,7 @@ def _check_tool_name(name):
         raise ValueError("tool name is %d bytes of UTF-8, the limit is %d" % (size, MAX_TOOL_NAME_BYTES))
 
 
-def _check_thread_safe(value, what):
+def _check_flag(value, what):
     if value is not None and not isinstance(value, bool):
         raise TypeError("%s must be True or False, got %r" % (what, value))
 
@@ -90,8 +90,8 @@ def tool(func=None, *, name=None, thread_safe=None, idempotent=None):
         func, name = None, func
     if name is not None:
         _check_tool_name(name)
-    _check_thread_safe(thread_safe, "@tool(thread_safe=...)")
-    _check_thread_safe(idempotent, "@tool(idempotent=...)")
+    _check_flag(thread_safe, "@tool(thread_safe=...)")
+    _check_flag(idempotent, "@tool(idempotent=...)")
 
     def mark(f):
         target = f.__func__ if isinstance(f, (staticmethod, classmethod)) else f
@@ -300,7 +300,7 @@ def declared_thread_safety(target):
     module: True, False, or None when absent; AdapterError for another value."""
     value = getattr(target, "thread_safe", None)
     try:
-        _check_thread_safe(value, "thread_safe")
+        _check_flag(value, "thread_safe")
     except TypeError as exc:
         raise AdapterError(str(exc)) from None
     return value

@@ -21,6 +21,10 @@ Session state is *soft*: a dict per session key, kept in this worker process
 across calls of the same session while it is used, and lost when the worker
 is recycled or restarted, when ``end_session()`` runs, or after
 ``--session-idle-s`` seconds without use. Keep in it what you can rebuild.
+
+Owns: each call's state as its tool sees it, and the process's session
+store. Must not touch: the socket (the protocol thread marks a call
+cancelled and grants stream credit through ``CallState``).
 """
 
 import threading

@@ -250,13 +250,10 @@ def _warm_up_tool(kind):
 
 
 def _warm_up_stream(fail=False):
-    try:
-        yield {"n": 1}
-        yield b"\x00"
-        if fail:
-            raise ValueError("warm-up")
-    finally:
-        pass
+    yield {"n": 1}
+    yield b"\x00"
+    if fail:
+        raise ValueError("warm-up")
 
 
 def warm_up():
@@ -275,6 +272,7 @@ def warm_up():
     d.invoke("t", CONTENT_RAW, b"x")
     d.invoke("t", 9, b"")
     d.invoke("missing", CONTENT_JSON, b"")
+    d.invoke("t", CONTENT_JSON, b'{"kind":"ok"}', True)  # a plain tool called as a stream
     encode_result(float("nan"))
     encode_result("\ud800")
     # Streams: a generator called as a stream and not, stepped to its end,
@@ -282,7 +280,6 @@ def warm_up():
     d = Dispatcher({"g": Tool("g", _warm_up_stream)})
     d.invoke("g", CONTENT_JSON, b"")
     d.invoke("g", CONTENT_JSON, b"", True)
-    d.invoke("t", CONTENT_JSON, b'{"kind":"ok"}', True)
     for payload in (b"", b'{"fail":true}'):
         kind, generator = d.invoke("g", CONTENT_JSON, payload, True)
         try:

@@ -5,7 +5,8 @@
 //! API address get UNIMPLEMENTED for every Admin method.
 //!
 //! Owns: the admin listener, the socket file, and mapping Admin messages
-//! to [`Host`] calls.
+//! to [`Host`] calls. Must not touch: the callers' API (`api_address`),
+//! which never serves Admin.
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;

@@ -71,38 +71,38 @@ enum PluginCommand {
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let init_logging = |default: &str| init_logging(default, cli.log_format);
+    let log_format = cli.log_format;
     let outcome = match cli.command {
         Command::Serve(args) => {
-            init_logging("info");
+            init_logging("info", log_format);
             serve::run(&args)
         }
         Command::Call(args) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             call::run(&args)
         }
         Command::Status(args) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             status::run(&args)
         }
         Command::Recycle(args) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             admin::recycle(&args)
         }
         Command::Check(args) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             check::run(&args)
         }
         Command::Doctor(args) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             doctor::run(&args)
         }
         Command::Plugin(PluginCommand::Test(args)) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             plugin_test::run(&args)
         }
         Command::Policy(command) => {
-            init_logging("warn");
+            init_logging("warn", log_format);
             policy::run(&command)
         }
     };

@@ -3,7 +3,8 @@
 //! bar and advice, or as the JSON document docs/status.md describes;
 //! `--watch` redraws it.
 //!
-//! Must not touch: the host (it only reads what the API reports).
+//! Owns: the rendering and the advice. Must not touch: the host (it only
+//! reads what the API reports).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -161,14 +162,16 @@ fn policy_name(pool: &PoolStatus) -> String {
     }
 }
 
-/// What an operator could change about `pool`, from its figures alone.
+/// What an operator could change about `pool`, from its figures alone:
+/// what it does now, not what it once did (refusals since the start are
+/// quoted, but do not trigger advice on their own).
 fn advise(pool: &PoolStatus) -> Vec<String> {
     let mut advice = Vec::new();
     let refused = pool.errors_of(ErrorKind::Saturated) + pool.errors_of(ErrorKind::QueueTimeout);
-    if pool.capacity > 0 && (pool.utilisation() >= SATURATED || pool.queued > 0 || refused > 0) {
+    if pool.capacity > 0 && (pool.utilisation() >= SATURATED || pool.queued > 0) {
         advice.push(format!(
-            "pool `{}` is saturated ({:.0}% busy, {} queued, {refused} refused or timed out in the queue): raise its \
-             `size`, or use `profile = \"thread\"` if its tools release the GIL",
+            "pool `{}` is saturated ({:.0}% busy, {} queued; {refused} refused or timed out in the queue since the \
+             start): raise its `size`, or use `profile = \"thread\"` if its tools release the GIL",
             pool.name,
             pool.utilisation() * 100.0,
             pool.queued
@@ -176,8 +179,8 @@ fn advise(pool: &PoolStatus) -> Vec<String> {
     }
     if pool.recycles.get(Reason::MaxRss) == 0 && memory_grows_with_age(&pool.workers) {
         advice.push(format!(
-            "the older workers of pool `{}` hold much more memory than the younger ones: set `worker_max_rss` (e.g. \
-             \"1GiB\") so a worker that grows is recycled",
+            "the older workers of pool `{}` hold much more memory than the younger ones: set (or lower) \
+             `worker_max_rss` (e.g. \"1GiB\") so a worker that grows is recycled",
             pool.name
         ));
     }
