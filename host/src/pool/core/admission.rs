@@ -172,6 +172,7 @@ impl<R: Caller> Core<R> {
             worker.in_flight -= 1;
             worker.served += 1;
             if let Some(error) = error {
+                worker.lost |= error.kind == ErrorKind::WorkerCrashed;
                 worker.last_error = Some(format!("{}: {}", error.kind.as_str(), error.message));
             }
         }

@@ -202,6 +202,10 @@ struct Worker {
     last_error: Option<String>,
     /// Sequence number of the last PING sent.
     pings_sent: u64,
+    /// A call on it ended `worker_crashed`: its connection is gone, so it
+    /// takes no new call (each would fail at once, without running) while
+    /// its exit is awaited.
+    lost: bool,
 }
 
 impl Worker {
@@ -212,19 +216,20 @@ impl Worker {
     /// Said hello and is not being stopped: it serves calls, or finishes
     /// the ones it has.
     fn is_serving(&self) -> bool {
-        matches!(self.phase, Phase::Ready { .. } | Phase::Due { .. } | Phase::Draining { .. })
+        !self.lost && matches!(self.phase, Phase::Ready { .. } | Phase::Due { .. } | Phase::Draining { .. })
     }
 
     fn router_state(&self) -> WorkerState {
         match self.phase {
             Phase::Starting => WorkerState::Starting,
-            Phase::Ready { .. } => WorkerState::Ready,
+            Phase::Ready { .. } if !self.lost => WorkerState::Ready,
             _ => WorkerState::Draining,
         }
     }
 
     fn state_name(&self) -> &'static str {
         match self.phase {
+            _ if self.lost => "stopping",
             Phase::Starting => "starting",
             Phase::Ready { .. } => "ready",
             Phase::Due { .. } | Phase::Draining { .. } => "draining",

@@ -30,6 +30,7 @@ impl<R: Caller> Core<R> {
             gil_enabled: true,
             last_error: None,
             pings_sent: 0,
+            lost: false,
         });
         let spec = self.spec(id);
         self.effects.push(Effect::Start(spec));

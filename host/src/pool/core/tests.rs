@@ -132,6 +132,19 @@ impl Harness {
         }))
     }
 
+    /// Ends `call` as its worker's connection does when the process dies.
+    fn crash(&mut self, call: &Call) -> &[Effect<CallerId>] {
+        self.on(Input::Finished(Completion {
+            worker: call.worker,
+            request_id: call.request_id,
+            deadline: call.deadline,
+            tool: "echo".into(),
+            error: Some(CallError::new(ErrorKind::WorkerCrashed, "the worker crashed: killed by signal 9")),
+            latency: Duration::from_millis(1),
+            timed_out: false,
+        }))
+    }
+
     fn status(&self) -> crate::pool::PoolStatus {
         self.core.status(self.now)
     }
@@ -291,6 +304,23 @@ fn crash_replacements_back_off_and_a_good_call_resets_the_delay() {
     assert_eq!(starts(pool.exit(3)), [4], "after a good call, a crash is replaced at once again");
     let status = pool.status();
     assert_eq!((status.crashes, status.restarts, status.recycles.get(Reason::Crashed)), (3, 4, 3));
+}
+
+#[test]
+fn a_worker_whose_call_crashed_takes_no_new_call_before_its_exit() {
+    let mut pool = Harness::new("size = 2");
+    pool.ready(0);
+    pool.ready(1);
+    let lost = calls(pool.submit(1))[0];
+    let busy = calls(pool.submit(2))[0];
+    assert_ne!(lost.worker, busy.worker);
+    pool.crash(&lost);
+    assert!(calls(pool.submit(3)).is_empty(), "the idle but dead worker gets nothing; the call waits");
+    let status = pool.status();
+    assert_eq!((status.ready, status.capacity, status.queued), (1, 1, 1), "{status:#?}");
+    assert_eq!(status.workers.iter().find(|w| w.id == lost.worker).unwrap().state, "stopping");
+    assert_eq!(starts(pool.exit(lost.worker)), [2], "its exit is a crash, replaced at once");
+    assert_eq!(pool.status().crashes, 1);
 }
 
 #[test]
