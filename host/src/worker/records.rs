@@ -44,7 +44,9 @@ impl WorkerRecords {
             let path = entry?.path();
             let record: Option<Record> = fs::read(&path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
             if let Some(record) = record.filter(|r| r.run_id != self.run_id) {
-                if process_start_time(record.pid) == Some(record.start_time) {
+                // A zombie (a worker that died with its host, not yet reaped
+                // by whoever adopted it) has exited: nothing to kill.
+                if running_start_time(record.pid) == Some(record.start_time) {
                     tracing::warn!(pool = %record.pool, worker = record.worker, pid = record.pid, run = %record.run_id,
                         "killing a worker left behind by an earlier run");
                     let _ = killpg(Pid::from_raw(record.pid as i32), Signal::SIGKILL);
@@ -74,9 +76,24 @@ impl WorkerRecords {
 /// Field 22 of /proc/PID/stat: the process's start time in clock ticks
 /// since boot. `None` when the process does not exist.
 pub fn process_start_time(pid: u32) -> Option<u64> {
+    stat_after_name(pid)?.split(' ').nth(19)?.parse().ok()
+}
+
+/// [`process_start_time`] of a process that has not exited (not a zombie).
+fn running_start_time(pid: u32) -> Option<u64> {
+    let stat = stat_after_name(pid)?;
+    let mut fields = stat.split(' ');
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// /proc/PID/stat from field 3 (the state) on. The command name (field 2)
+/// may hold spaces and parentheses; the fields after its closing
+/// parenthesis are plain.
+fn stat_after_name(pid: u32) -> Option<String> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses; the
-    // fields after its closing parenthesis are plain.
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    after_name.split(' ').nth(19)?.parse().ok()
+    Some(stat[stat.rfind(')')? + 2..].to_owned())
 }
