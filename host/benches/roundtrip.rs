@@ -9,7 +9,9 @@
 //! ratios the benchmark targets are set in.
 //!
 //! Run: `cargo bench -p pitboss --bench roundtrip` (after scripts/python-env).
-//! `PITBOSS_BENCH_CALLS` sets the calls per measurement (default 3000).
+//! `PITBOSS_BENCH_CALLS` sets the calls per measurement (default 3000);
+//! `PITBOSS_BENCH_SMOKE=1` makes it 100, for a run that only shows the
+//! harness works (`scripts/test` does that, in the debug build).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -36,7 +38,8 @@ struct Figures {
 const IN_FLIGHT: [usize; 3] = [1, 8, 32];
 
 fn main() {
-    let calls: usize = std::env::var("PITBOSS_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let default_calls = if std::env::var_os("PITBOSS_BENCH_SMOKE").is_some() { 100 } else { 3000 };
+    let calls: usize = std::env::var("PITBOSS_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_calls);
     let python = root().join(".venv/bin/python");
     assert!(python.exists(), "{} is missing: run scripts/python-env first", python.display());
 

@@ -1,0 +1,380 @@
+//! The resilience run: calls from many callers while a chaos loop kills a
+//! random worker with SIGKILL every 300 ms, then a host killed with SIGKILL
+//! under load. Each call echoes a unique nonce, so a call that got another
+//! call's answer is caught. Prints a table of figures and a line per check;
+//! exits 1 when a check fails.
+//!
+//! - An idempotent tool on a pool with `retries = 3`: every call answered.
+//! - A tool that is not idempotent: calls fail only with `worker_crashed`,
+//!   and only the one running on the killed worker (no call is sent to a
+//!   worker whose connection is gone).
+//! - Both: no call hangs (30 s each at most), none gets another's answer,
+//!   the pool is back to its size at the end, and the host's RSS at the end
+//!   is within 10% of its RSS after the warm-up.
+//! - `pitboss serve` killed with SIGKILL mid-load: no worker left after
+//!   3 s; a host restarted on the same run directory finds nothing to
+//!   sweep and serves.
+//!
+//! Run: `cargo bench -p pitboss --bench resilience` (20,000 calls a case,
+//! 16 callers; a few minutes). `PITBOSS_BENCH_SMOKE=1` runs a short one
+//! (`scripts/test` does, in the debug build, so the harness cannot rot).
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pitboss::api::Client;
+use pitboss::pool::CallRequest;
+use pitboss::{resident_bytes, Host};
+use serde_json::{json, Value};
+use support::{alive, eventually};
+
+const PITBOSS: &str = env!("CARGO_BIN_EXE_pitboss");
+const POOL_SIZE: u32 = 4;
+const CHAOS_EVERY: Duration = Duration::from_millis(300);
+/// Longer than any call can take, even queued behind restarts.
+const HUNG_AFTER: Duration = Duration::from_secs(30);
+
+struct Scale {
+    calls: usize,
+    callers: usize,
+}
+
+/// What one chaos run saw.
+struct Outcome {
+    label: &'static str,
+    calls: usize,
+    answered: usize,
+    failures: BTreeMap<String, usize>,
+    wrong_answers: usize,
+    hung: usize,
+    kills: usize,
+    /// From a kill to the pool back at its size, where that came before
+    /// the next kill.
+    replacements: Vec<Duration>,
+    back_to_size: bool,
+    rss_after_warm_up: u64,
+    rss_at_end: u64,
+    took: Duration,
+}
+
+impl Outcome {
+    fn failed(&self) -> usize {
+        self.failures.values().sum()
+    }
+}
+
+fn main() -> ExitCode {
+    let smoke = std::env::var_os("PITBOSS_BENCH_SMOKE").is_some();
+    let scale = if smoke { Scale { calls: 400, callers: 16 } } else { Scale { calls: 20_000, callers: 16 } };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let idempotent = runtime.block_on(chaos_run(&scale, "idempotent, retries = 3", "lookup"));
+    let not_idempotent = runtime.block_on(chaos_run(&scale, "not idempotent", "charge"));
+    let host_kill = runtime.block_on(kill_the_host());
+
+    println!(
+        "resilience run: {} calls a case from {} callers, SIGKILL to a random worker every {CHAOS_EVERY:?}, pool of \
+         {POOL_SIZE}",
+        scale.calls, scale.callers
+    );
+    println!(
+        "{:<24} {:>8} {:>9} {:>7} {:>6} {:>5} {:>6} {:>22} {:>13} {:>20} {:>8}",
+        "case",
+        "calls",
+        "answered",
+        "failed",
+        "wrong",
+        "hung",
+        "kills",
+        "replaced in p50 / max",
+        "back to size",
+        "host RSS warm → end",
+        "took"
+    );
+    for run in [&idempotent, &not_idempotent] {
+        let replaced = match percentiles(&run.replacements) {
+            Some((p50, max)) => format!("{:.0} / {:.0} ms", p50.as_secs_f64() * 1e3, max.as_secs_f64() * 1e3),
+            None => "-".to_owned(),
+        };
+        println!(
+            "{:<24} {:>8} {:>9} {:>7} {:>6} {:>5} {:>6} {:>22} {:>13} {:>20} {:>7.1}s",
+            run.label,
+            run.calls,
+            run.answered,
+            run.failed(),
+            run.wrong_answers,
+            run.hung,
+            run.kills,
+            replaced,
+            if run.back_to_size { "yes" } else { "NO" },
+            format!("{} → {} MiB", run.rss_after_warm_up >> 20, run.rss_at_end >> 20),
+            run.took.as_secs_f64()
+        );
+        if !run.failures.is_empty() {
+            println!("{:<24} failures by kind: {:?}", "", run.failures);
+        }
+    }
+    println!(
+        "host SIGKILL mid-load: {} of {} workers left after 3 s (the last gone {:.0} ms after the kill); the restarted \
+         host swept {} and answered: {}",
+        host_kill.left_after_3s,
+        host_kill.workers,
+        host_kill.all_gone_after.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+        if host_kill.restart_swept_nothing { "nothing" } else { "leftovers" },
+        if host_kill.restart_answered { "yes" } else { "NO" },
+    );
+
+    let rss_steady = |run: &Outcome| run.rss_at_end as f64 <= run.rss_after_warm_up as f64 * 1.10;
+    let checks = [
+        ("every idempotent call answered despite the kills", idempotent.failed() == 0),
+        ("no call got another call's answer", idempotent.wrong_answers + not_idempotent.wrong_answers == 0),
+        ("no call hung", idempotent.hung + not_idempotent.hung == 0),
+        (
+            "calls to a tool that is not idempotent fail only with worker_crashed",
+            not_idempotent.failures.keys().all(|kind| kind == "worker_crashed"),
+        ),
+        (
+            "a kill fails only the call running on that worker (one per process worker)",
+            not_idempotent.failed() <= not_idempotent.kills,
+        ),
+        ("the chaos loop killed workers in both runs", idempotent.kills > 0 && not_idempotent.kills > 0),
+        ("each pool back to its size at the end", idempotent.back_to_size && not_idempotent.back_to_size),
+        ("host RSS at the end within 10% of after warm-up", rss_steady(&idempotent) && rss_steady(&not_idempotent)),
+        ("no worker left 3 s after the host's SIGKILL", host_kill.left_after_3s == 0),
+        ("a restarted host sweeps nothing and serves", host_kill.restart_swept_nothing && host_kill.restart_answered),
+    ];
+    let mut all_passed = true;
+    for (check, passed) in checks {
+        println!("{} {check}", if passed { "pass" } else { "FAIL" });
+        all_passed &= passed;
+    }
+    println!("(whole run {:.0} s)", started.elapsed().as_secs_f64());
+    if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// p50 and max of `samples`.
+fn percentiles(samples: &[Duration]) -> Option<(Duration, Duration)> {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    Some((*sorted.get(sorted.len() / 2)?, *sorted.last()?))
+}
+
+async fn chaos_run(scale: &Scale, label: &'static str, tool: &'static str) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = format!("size = {POOL_SIZE}\nretries = 3\nrequest_timeout = \"10s\"");
+    let config = support::config_for(dir.path(), "operations:Operations", &settings);
+    let host = Arc::new(support::start_ready(config).await);
+    let call = |nonce: String| CallRequest::json(tool, json!({"seconds": 0.001, "nonce": nonce}).to_string());
+    for i in 0..200 {
+        host.execute("pool", call(format!("warm-{i}"))).await.expect("the warm-up succeeds");
+    }
+    let rss_after_warm_up = resident_bytes(std::process::id()).unwrap_or(0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let chaos = tokio::spawn(chaos_loop(host.clone(), stop.clone()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let callers: Vec<_> = (0..scale.callers)
+        .map(|_| {
+            let (host, next, tally, calls) = (host.clone(), next.clone(), tally.clone(), scale.calls);
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= calls {
+                        return;
+                    }
+                    let nonce = format!("{tool}-{i}");
+                    let answer = tokio::time::timeout(HUNG_AFTER, host.execute("pool", call(nonce.clone()))).await;
+                    tally.lock().unwrap().count(&nonce, answer);
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (kills, replacements) = chaos.await.unwrap();
+    let back_to_size = eventually(Duration::from_secs(30), async || {
+        host.stats().await[0].workers.iter().filter(|w| w.state == "ready").count() == POOL_SIZE as usize
+    })
+    .await;
+    let rss_at_end = resident_bytes(std::process::id()).unwrap_or(0);
+    host.shutdown().await;
+    let tally = Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap();
+    Outcome {
+        label,
+        calls: scale.calls,
+        answered: tally.answered,
+        failures: tally.failures,
+        wrong_answers: tally.wrong_answers,
+        hung: tally.hung,
+        kills,
+        replacements,
+        back_to_size,
+        rss_after_warm_up,
+        rss_at_end,
+        took,
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    answered: usize,
+    failures: BTreeMap<String, usize>,
+    wrong_answers: usize,
+    hung: usize,
+}
+
+impl Tally {
+    fn count(
+        &mut self,
+        nonce: &str,
+        answer: Result<Result<pitboss::CallOutput, pitboss::CallError>, tokio::time::error::Elapsed>,
+    ) {
+        match answer {
+            Err(_) => self.hung += 1,
+            Ok(Err(error)) => *self.failures.entry(error.kind.as_str().to_owned()).or_default() += 1,
+            Ok(Ok(output)) => {
+                let answer: Value = serde_json::from_slice(&output.payload).unwrap_or(Value::Null);
+                if answer["nonce"] == nonce {
+                    self.answered += 1;
+                } else {
+                    self.wrong_answers += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Every CHAOS_EVERY, SIGKILL to a random ready worker, until `stop`;
+/// returns the kills and how long each took to be replaced.
+async fn chaos_loop(host: Arc<Host>, stop: Arc<AtomicBool>) -> (usize, Vec<Duration>) {
+    // A fixed-seed xorshift: which worker dies need not be secret, only spread.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let (mut kills, mut replacements) = (0, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        let ready: Vec<u32> =
+            host.stats().await[0].workers.iter().filter(|w| w.state == "ready").map(|w| w.pid).collect();
+        let started = Instant::now();
+        if !ready.is_empty() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let pid = ready[(seed % ready.len() as u64) as usize];
+            if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+                kills += 1;
+            }
+        }
+        let mut replaced = false;
+        while started.elapsed() < CHAOS_EVERY {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let stats = &host.stats().await[0];
+            let now_ready = stats.workers.iter().filter(|w| w.state == "ready").count();
+            if !replaced && now_ready == POOL_SIZE as usize && stats.starting == 0 {
+                replacements.push(started.elapsed());
+                replaced = true;
+            }
+        }
+    }
+    (kills, replacements)
+}
+
+struct HostKill {
+    workers: usize,
+    left_after_3s: usize,
+    all_gone_after: Option<Duration>,
+    restart_swept_nothing: bool,
+    restart_answered: bool,
+}
+
+/// `pitboss serve` under load from a gRPC client, killed with SIGKILL;
+/// then a second host on the same run directory.
+async fn kill_the_host() -> HostKill {
+    let dir = tempfile::tempdir().unwrap();
+    let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = support::config_for(dir.path(), "operations:Operations", &format!("size = {POOL_SIZE}")).source;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("[host]\n", &format!("[host]\napi_address = \"{address}\"\n"), 1)).unwrap();
+    let serve = |log: &std::path::Path| {
+        Command::new(PITBOSS)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let connect = async || -> Client {
+        for _ in 0..300 {
+            if let Ok(mut client) = Client::connect(address).await {
+                if client.pools().await.is_ok_and(|pools| pools[0].ready == POOL_SIZE) {
+                    return client;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("pitboss serve did not come up on {address}");
+    };
+
+    let mut first = serve(&dir.path().join("first.log"));
+    let mut client = connect().await;
+    let pids: Vec<u32> = client.pools().await.unwrap()[0].workers.iter().map(|w| w.pid).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|lane| {
+            let (mut client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let request = json!({"seconds": 0.005, "nonce": format!("{lane}-{i}")}).to_string();
+                    let _ = client.execute("pool", CallRequest::json("lookup", request)).await;
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.kill().unwrap();
+    let killed_at = Instant::now();
+    first.wait().unwrap();
+    let gone = eventually(Duration::from_secs(3), async || pids.iter().all(|pid| !alive(*pid))).await;
+    let all_gone_after = gone.then(|| killed_at.elapsed());
+    let left_after_3s = pids.iter().filter(|pid| alive(**pid)).count();
+    stop.store(true, Ordering::Relaxed);
+    for lane in load {
+        lane.abort();
+    }
+
+    let second_log = dir.path().join("second.log");
+    let mut second = serve(&second_log);
+    client = connect().await;
+    let answer = client.execute("pool", CallRequest::json("lookup", r#"{"seconds": 0, "nonce": "after"}"#)).await;
+    let restart_answered = answer.is_ok_and(|output| {
+        serde_json::from_slice::<Value>(&output.payload).is_ok_and(|answer| answer["nonce"] == "after")
+    });
+    kill(Pid::from_raw(second.id() as i32), Signal::SIGTERM).unwrap();
+    second.wait().unwrap();
+    let log = std::fs::read_to_string(&second_log).unwrap();
+    HostKill {
+        workers: pids.len(),
+        left_after_3s,
+        all_gone_after,
+        restart_swept_nothing: !log.contains("killed workers left behind"),
+        restart_answered,
+    }
+}
