@@ -1,8 +1,11 @@
 """Baseline for the round-trip benchmark: the same no-op tool through
 concurrent.futures.ProcessPoolExecutor, measured the way benches/roundtrip.rs
-measures pitboss. Prints one JSON object per pool size on stdout."""
+measures pitboss, and through multiprocessing.Pool's imap_unordered
+(chunksize 1), the fastest way the standard library streams calls to a
+pool. Prints one JSON object per pool size on stdout."""
 
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -48,6 +51,21 @@ def throughput(executor, in_flight, count):
     return count / (time.perf_counter() - started)
 
 
+def pool_throughput(workers, count):
+    """Calls per second of imap_unordered over `count` no-op calls."""
+    with multiprocessing.Pool(workers) as pool:
+        for _ in pool.imap_unordered(_noop_arg, range(200), chunksize=1):
+            pass
+        started = time.perf_counter()
+        for _ in pool.imap_unordered(_noop_arg, range(count), chunksize=1):
+            pass
+        return count / (time.perf_counter() - started)
+
+
+def _noop_arg(_):
+    return noop()
+
+
 def main():
     calls = int(sys.argv[1])
     for workers in (1, 2):
@@ -56,7 +74,9 @@ def main():
                 executor.submit(noop).result()
             p50, p99 = round_trips(executor, calls)
             rates = {str(n): throughput(executor, n, calls) for n in (1, 8, 32)}
-        print(json.dumps({"workers": workers, "p50_us": p50, "p99_us": p99, "throughput": rates}), flush=True)
+        figures = {"workers": workers, "p50_us": p50, "p99_us": p99, "throughput": rates}
+        figures["mp_pool_throughput"] = pool_throughput(workers, calls)
+        print(json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 //! the same run: a plain Python echo of framed messages over a Unix socket
 //! (benches/socket_floor.py) and a tonic↔tonic call that does nothing (the
 //! gRPC health check, on the host's own server and client settings).
-//! Prints p50/p99 and throughput at 1, 8 and 32 calls in flight, and the
-//! ratios the benchmark targets are set in.
+//! Prints p50/p99 and throughput at 1, 8 and 32 calls in flight (and
+//! `multiprocessing.Pool.imap_unordered`'s throughput), and the ratios the
+//! benchmark targets are set in.
 //!
 //! Run: `cargo bench -p pitboss --bench roundtrip` (after scripts/python-env).
 //! `PITBOSS_BENCH_CALLS` sets the calls per measurement (default 3000);
@@ -63,19 +64,21 @@ fn main() {
         "{:<8} {:<10} {:>9} {:>9} {:>11} {:>11} {:>11}",
         "workers", "path", "p50", "p99", "1 in flight", "8 in flight", "32 in flight"
     );
-    for (workers, ppe) in [1u32, 2].into_iter().zip(&baseline) {
+    for (workers, python_figures) in [1u32, 2].into_iter().zip(&baseline) {
         let (embedded, grpc, tonic) = runtime.block_on(measure_pool(workers, calls, &python));
         let ppe = Figures {
-            p50_us: ppe["p50_us"].as_f64().unwrap(),
-            p99_us: ppe["p99_us"].as_f64().unwrap(),
-            throughput: IN_FLIGHT.map(|n| ppe["throughput"][n.to_string()].as_f64().unwrap()),
+            p50_us: python_figures["p50_us"].as_f64().unwrap(),
+            p99_us: python_figures["p99_us"].as_f64().unwrap(),
+            throughput: IN_FLIGHT.map(|n| python_figures["throughput"][n.to_string()].as_f64().unwrap()),
         };
+        let mp_pool = python_figures["mp_pool_throughput"].as_f64().unwrap();
         for (path, figures) in [("embedded", &embedded), ("grpc", &grpc), ("ppe", &ppe)] {
             println!(
                 "{workers:<8} {path:<10} {:>6.0} µs {:>6.0} µs {:>9.0}/s {:>9.0}/s {:>10.0}/s",
                 figures.p50_us, figures.p99_us, figures.throughput[0], figures.throughput[1], figures.throughput[2]
             );
         }
+        println!("{workers:<8} mp.Pool    imap_unordered, chunksize 1: {mp_pool:.0}/s");
         println!("{workers:<8} floor      tonic↔tonic no-op: p50 {:.0} µs, p99 {:.0} µs", tonic.p50_us, tonic.p99_us);
         println!(
             "{workers:<8} ratios     embedded/ppe {:.2} (target ≤ 0.25), embedded/socket floor {:.2} (≤ 2), \
@@ -84,6 +87,14 @@ fn main() {
             embedded.p50_us / socket.p50_us,
             grpc.p50_us / ppe.p50_us,
             (grpc.p50_us - embedded.p50_us) / tonic.p50_us
+        );
+        let at_32 = |figures: &Figures| figures.throughput[2];
+        println!(
+            "{workers:<8} ratios     32 in flight: embedded/mp.Pool {:.2} (≥ 1.0), embedded/ppe {:.2} (≥ 2), \
+             grpc/embedded {:.2} (≥ 0.7)",
+            at_32(&embedded) / mp_pool,
+            at_32(&embedded) / at_32(&ppe),
+            at_32(&grpc) / at_32(&embedded)
         );
     }
 }
