@@ -1,7 +1,8 @@
 //! Round trip of a no-op tool on 1- and 2-worker process pools: through the
 //! embedded `Host`, through `pitboss.v1` gRPC on loopback, and through
 //! Python's `concurrent.futures.ProcessPoolExecutor` with the same function
-//! (benches/ppe_baseline.py), all in one run, beside two floors measured in
+//! (benches/ppe_baseline.py), and through Snakepit's transport (a grpcio
+//! server per worker process, benches/grpcio_worker.py), all in one run, beside two floors measured in
 //! the same run: a plain Python echo of framed messages over a Unix socket
 //! (benches/socket_floor.py) and a tonic↔tonic call that does nothing (the
 //! gRPC health check, on the host's own server and client settings).
@@ -66,13 +67,14 @@ fn main() {
     );
     for (workers, python_figures) in [1u32, 2].into_iter().zip(&baseline) {
         let (embedded, grpc, tonic) = runtime.block_on(measure_pool(workers, calls, &python));
+        let grpcio = runtime.block_on(grpcio_workers(workers, calls, &python));
         let ppe = Figures {
             p50_us: python_figures["p50_us"].as_f64().unwrap(),
             p99_us: python_figures["p99_us"].as_f64().unwrap(),
             throughput: IN_FLIGHT.map(|n| python_figures["throughput"][n.to_string()].as_f64().unwrap()),
         };
         let mp_pool = python_figures["mp_pool_throughput"].as_f64().unwrap();
-        for (path, figures) in [("embedded", &embedded), ("grpc", &grpc), ("ppe", &ppe)] {
+        for (path, figures) in [("embedded", &embedded), ("grpc", &grpc), ("ppe", &ppe), ("grpcio", &grpcio)] {
             println!(
                 "{workers:<8} {path:<10} {:>6.0} µs {:>6.0} µs {:>9.0}/s {:>9.0}/s {:>10.0}/s",
                 figures.p50_us, figures.p99_us, figures.throughput[0], figures.throughput[1], figures.throughput[2]
@@ -88,6 +90,10 @@ fn main() {
             grpc.p50_us / ppe.p50_us,
             (grpc.p50_us - embedded.p50_us) / tonic.p50_us
         );
+        println!(
+            "{workers:<8} ratios     embedded/grpcio worker {:.2} (target ≤ 0.15)",
+            embedded.p50_us / grpcio.p50_us
+        );
         let at_32 = |figures: &Figures| figures.throughput[2];
         println!(
             "{workers:<8} ratios     32 in flight: embedded/mp.Pool {:.2} (≥ 1.0), embedded/ppe {:.2} (≥ 2), \
@@ -97,6 +103,49 @@ fn main() {
             at_32(&grpc) / at_32(&embedded)
         );
     }
+}
+
+/// The same no-op behind Snakepit's transport: per worker, a Python
+/// process serving gRPC with grpcio on one thread (grpcio_worker.py),
+/// called from tonic; calls go round the workers in turn.
+async fn grpcio_workers(workers: u32, calls: usize, python: &std::path::Path) -> Figures {
+    use tokio::io::AsyncBufReadExt;
+    let mut servers = Vec::new();
+    let mut addresses = Vec::new();
+    for _ in 0..workers {
+        let mut server = tokio::process::Command::new(python)
+            .arg(root().join("host/benches/grpcio_worker.py"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the grpcio worker starts");
+        let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+        let port = lines.next_line().await.unwrap().expect("the grpcio worker prints its port");
+        addresses.push(format!("http://127.0.0.1:{port}"));
+        servers.push(server);
+    }
+    let figures = as_another_program(async move {
+        let mut channels = Vec::new();
+        for address in addresses {
+            channels.push(tonic::transport::Channel::from_shared(address).unwrap().connect().await.unwrap());
+        }
+        let (channels, next) = (Arc::new(channels), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        figures(calls, move || {
+            let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut grpc = tonic::client::Grpc::new(channels[turn % channels.len()].clone());
+            async move {
+                grpc.ready().await.unwrap();
+                let codec = tonic_prost::ProstCodec::<(), ()>::default();
+                let path = "/bench.Worker/Noop".parse().unwrap();
+                grpc.unary(tonic::Request::new(()), path, codec).await.expect("noop over grpcio");
+            }
+        })
+        .await
+    })
+    .await;
+    drop(servers);
+    figures
 }
 
 /// Sequential round trips of a 2-byte frame through socket_floor.py.
