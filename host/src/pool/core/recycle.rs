@@ -146,7 +146,11 @@ impl<R: Caller> Core<R> {
         }
         let ping_round = now >= self.next_ping;
         if ping_round {
-            self.next_ping = now + self.config.lifecycle.ping_interval;
+            // On the schedule, not from this round: rounds come from a
+            // timer of the same period, and a round a hair late pushing the
+            // next ping back made every other round skip its ping (pings
+            // twice the interval apart).
+            self.next_ping = (self.next_ping + self.config.lifecycle.ping_interval).max(now);
         }
         let max_missed = u64::from(self.config.lifecycle.max_missed_pings);
         let mut due = Vec::new();

@@ -441,6 +441,26 @@ fn unresponsive_workers_are_killed_after_the_missed_pings() {
     assert_eq!(pool.status().recycles.get(Reason::Unresponsive), 1);
 }
 
+#[test]
+fn pings_keep_their_schedule_when_a_round_runs_late() {
+    let mut pool = Harness::new("size = 1");
+    pool.ready(0);
+    let start = pool.now;
+    let interval = Duration::from_secs(3600);
+    // Rounds come from a timer of the same period, each a little late and
+    // by a different amount; every one of them pings.
+    for (round, late_us) in [(1, 1_000), (2, 500), (3, 200), (4, 900)] {
+        pool.now = start + interval * round + Duration::from_micros(late_us);
+        let effects = pool.on(Input::Health(vec![Sample {
+            worker: 0,
+            rss_bytes: 0,
+            threads: 1,
+            last_pong: u64::from(round - 1),
+        }]));
+        assert_eq!(effects.to_vec_debug(), [format!("Ping {{ worker: 0, sequence: {round} }}")], "round {round}");
+    }
+}
+
 trait DebugList {
     fn to_vec_debug(&self) -> Vec<String>;
 }
