@@ -14,6 +14,10 @@
 //! - `pitboss serve` killed with SIGKILL mid-load: no worker left after
 //!   3 s; a host restarted on the same run directory finds nothing to
 //!   sweep and serves.
+//! - A worker stopped with SIGSTOP (hung: even its protocol thread) is
+//!   taken out of service within `max_missed_pings` + 2 ping intervals
+//!   (the first ping can come an interval late, the last miss is known an
+//!   interval after it was sent), and replaced.
 //!
 //! Run: `cargo bench -p pitboss --bench resilience` (20,000 calls a case,
 //! 16 callers; a few minutes). `PITBOSS_BENCH_SMOKE=1` runs a short one
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
     let idempotent = runtime.block_on(chaos_run(&scale, "idempotent, retries = 3", "lookup"));
     let not_idempotent = runtime.block_on(chaos_run(&scale, "not idempotent", "charge"));
     let host_kill = runtime.block_on(kill_the_host());
+    let hung = runtime.block_on(stop_a_worker());
 
     println!(
         "resilience run: {} calls a case from {} callers, SIGKILL to a random worker every {CHAOS_EVERY:?}, pool of \
@@ -132,6 +137,13 @@ fn main() -> ExitCode {
         if host_kill.restart_answered { "yes" } else { "NO" },
     );
 
+    println!(
+        "hung worker (SIGSTOP; ping_interval {HUNG_PING_INTERVAL:?}, max_missed_pings {HUNG_MISSED_PINGS}): taken out \
+         of service after {:.0} ms, pool back at its size after {:.0} ms",
+        hung.detected.as_secs_f64() * 1e3,
+        hung.replaced.as_secs_f64() * 1e3
+    );
+
     let rss_steady = |run: &Outcome| run.rss_at_end as f64 <= run.rss_after_warm_up as f64 * 1.10;
     let checks = [
         ("every idempotent call answered despite the kills", idempotent.failed() == 0),
@@ -150,6 +162,10 @@ fn main() -> ExitCode {
         ("host RSS at the end within 10% of after warm-up", rss_steady(&idempotent) && rss_steady(&not_idempotent)),
         ("no worker left 3 s after the host's SIGKILL", host_kill.left_after_3s == 0),
         ("a restarted host sweeps nothing and serves", host_kill.restart_swept_nothing && host_kill.restart_answered),
+        (
+            "a hung worker is out of service within max_missed_pings + 2 ping intervals (+100 ms of scheduling)",
+            hung.detected <= HUNG_PING_INTERVAL * (HUNG_MISSED_PINGS + 2) + Duration::from_millis(100),
+        ),
     ];
     let mut all_passed = true;
     for (check, passed) in checks {
@@ -377,4 +393,46 @@ async fn kill_the_host() -> HostKill {
         restart_swept_nothing: !log.contains("killed workers left behind"),
         restart_answered,
     }
+}
+
+const HUNG_PING_INTERVAL: Duration = Duration::from_millis(100);
+const HUNG_MISSED_PINGS: u32 = 3;
+
+struct Hung {
+    /// From SIGSTOP to the worker no longer ready.
+    detected: Duration,
+    /// From SIGSTOP to the pool back at its size with another worker.
+    replaced: Duration,
+}
+
+/// SIGSTOP to one worker of an idle pool: how long until the pings give
+/// it away, and until its replacement is ready.
+async fn stop_a_worker() -> Hung {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "size = 2\nping_interval = \"{}ms\"\nmax_missed_pings = {HUNG_MISSED_PINGS}",
+        HUNG_PING_INTERVAL.as_millis()
+    );
+    let host = support::start_ready(support::config_for(dir.path(), "operations:Operations", &settings)).await;
+    let victim = host.stats().await[0].workers[0].clone();
+    kill(Pid::from_raw(victim.pid as i32), Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    let ready_others = async || {
+        let stats = host.stats().await.remove(0);
+        let victim_ready = stats.workers.iter().any(|w| w.id == victim.id && w.state == "ready");
+        let ready = stats.workers.iter().filter(|w| w.state == "ready").count();
+        (victim_ready, ready)
+    };
+    while ready_others().await.0 {
+        assert!(stopped.elapsed() < Duration::from_secs(30), "the hung worker was never found");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let detected = stopped.elapsed();
+    while ready_others().await.1 < 2 {
+        assert!(stopped.elapsed() < Duration::from_secs(30), "the hung worker was never replaced");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let replaced = stopped.elapsed();
+    host.shutdown().await;
+    Hung { detected, replaced }
 }
