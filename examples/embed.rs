@@ -59,9 +59,11 @@ async fn main() -> Result<()> {
         pool.failed,
         pool.utilisation() * 100.0
     );
-    // The worker drains, and a replacement takes its place.
-    host.recycle("tools", pool.workers[0].id).await?;
-    println!("recycling worker {}", pool.workers[0].id);
+    // The worker drains, and a replacement takes its place. (A worker
+    // still starting cannot be recycled: the pool serves from its first.)
+    let serving = pool.workers.iter().find(|w| w.state == "ready").context("no worker is ready")?;
+    host.recycle("tools", serving.id).await?;
+    println!("recycling worker {}", serving.id);
 
     let metrics = host.metrics().await;
     for line in metrics.lines().filter(|line| line.starts_with("pitboss_requests_total")) {
