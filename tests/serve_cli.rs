@@ -40,8 +40,12 @@ impl Served {
     fn launch(host_settings: &str, pool_settings: &str, options: impl FnOnce(&mut Command) -> &mut Command) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let address = free_address();
-        let config =
-            config_with_host(dir.path(), &format!("api_address = {address:?}\n{host_settings}"), pool_settings);
+        let config = support::config_file_with_host(
+            dir.path(),
+            "adapter:Example",
+            &format!("api_address = {address:?}\n{host_settings}"),
+            pool_settings,
+        );
         let mut serve = Command::new(PITBOSS);
         options(&mut serve);
         let child = serve.args(["serve", "--config"]).arg(&config).stdout(Stdio::null()).spawn().unwrap();
@@ -103,14 +107,6 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The test config file in `dir`, with `host_settings` added to `[host]`.
-fn config_with_host(dir: &Path, host_settings: &str, pool_settings: &str) -> PathBuf {
-    let path = support::config(dir, pool_settings).source;
-    let original = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, original.replacen("[host]\n", &format!("[host]\n{host_settings}\n"), 1)).unwrap();
-    path
 }
 
 fn worker_pids(run_dir: &Path) -> Vec<u32> {
@@ -406,7 +402,12 @@ fn admin_methods_are_not_served_on_the_callers_address() {
 fn a_tcp_admin_address_is_opt_in_warned_about_and_found_by_the_operator_commands() {
     let admin = format!("tcp://{}", free_address());
     let dir = tempfile::tempdir().unwrap();
-    let without_opt_in = config_with_host(dir.path(), &format!("admin_address = {admin:?}"), "size = 1");
+    let without_opt_in = support::config_file_with_host(
+        dir.path(),
+        "adapter:Example",
+        &format!("admin_address = {admin:?}"),
+        "size = 1",
+    );
     let refused = Command::new(PITBOSS).args(["serve", "--config"]).arg(&without_opt_in).output().unwrap();
     assert_eq!(refused.status.code(), Some(1));
     let stderr = text(&refused.stderr);

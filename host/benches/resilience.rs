@@ -325,9 +325,13 @@ struct HostKill {
 async fn kill_the_host() -> HostKill {
     let dir = tempfile::tempdir().unwrap();
     let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let config = support::config_for(dir.path(), "operations:Operations", &format!("size = {POOL_SIZE}")).source;
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replacen("[host]\n", &format!("[host]\napi_address = \"{address}\"\n"), 1)).unwrap();
+    let host_settings = format!("api_address = \"{address}\"");
+    let config = support::config_file_with_host(
+        dir.path(),
+        "operations:Operations",
+        &host_settings,
+        &format!("size = {POOL_SIZE}"),
+    );
     let serve = |log: &std::path::Path| {
         Command::new(PITBOSS)
             .args(["serve", "--config"])

@@ -64,8 +64,19 @@ pub fn config_for(dir: &Path, adapter: &str, pool_settings: &str) -> Config {
 
 /// [`config_for`] with another interpreter.
 pub fn config_with_python(dir: &Path, python: &Path, adapter: &str, pool_settings: &str) -> Config {
+    let path = write_config(dir, python, adapter, "", pool_settings);
+    Config::load(&path).unwrap_or_else(|err| panic!("{err}\n{}", std::fs::read_to_string(&path).unwrap()))
+}
+
+/// [`config_for`]'s file, with `host_settings` added to `[host]`: for a
+/// host run as its own process (`pitboss serve --config`).
+pub fn config_file_with_host(dir: &Path, adapter: &str, host_settings: &str, pool_settings: &str) -> PathBuf {
+    write_config(dir, &python(), adapter, host_settings, pool_settings)
+}
+
+fn write_config(dir: &Path, python: &Path, adapter: &str, host_settings: &str, pool_settings: &str) -> PathBuf {
     let text = format!(
-        "[host]\npython = {python:?}\nrun_dir = {run:?}\npolicy_cache = {cache:?}\n\n\
+        "[host]\npython = {python:?}\nrun_dir = {run:?}\npolicy_cache = {cache:?}\n{host_settings}\n\n\
          [[pool]]\nname = \"pool\"\nadapter = {adapter:?}\npython_path = [{examples:?}, {adapters:?}, {dir:?}]\n{pool_settings}\n",
         run = dir.join("run"),
         cache = root().join("target/test-policy-cache"),
@@ -74,7 +85,7 @@ pub fn config_with_python(dir: &Path, python: &Path, adapter: &str, pool_setting
     );
     let path = dir.join("pitboss.toml");
     std::fs::write(&path, &text).unwrap();
-    Config::load(&path).unwrap_or_else(|err| panic!("{err}\n{text}"))
+    path
 }
 
 /// Polls `check` every 50 ms until it holds or `limit` passes.
