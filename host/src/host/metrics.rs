@@ -22,7 +22,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::policy::{PolicyChanges, VersionUsage};
-use crate::pool::{CallError, CallOutput, ErrorKind, PoolStatus, WorkerStatus, DECISION_BUCKETS_NS};
+use crate::pool::{CallError, CallOutput, DecisionLatency, ErrorKind, PoolStatus, WorkerStatus, DECISION_BUCKETS_NS};
 
 /// The content type of [`CallMetrics::encode`]'s text.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -153,9 +153,8 @@ impl PoolPolicyUsage {
             total.faults += usage.faults();
             total.fallbacks += usage.fallbacks();
             let latency = usage.decision_latency();
-            total.latency_sum_ns += latency.sum_ns;
-            total.latency.resize(latency.counts.len().max(total.latency.len()), 0);
-            for (sum, count) in total.latency.iter_mut().zip(latency.counts) {
+            total.latency.sum_ns += latency.sum_ns;
+            for (sum, count) in total.latency.counts.iter_mut().zip(latency.counts) {
                 *sum += count;
             }
         }
@@ -168,8 +167,7 @@ struct VersionTotals {
     decisions: u64,
     faults: u64,
     fallbacks: u64,
-    latency: Vec<u64>,
-    latency_sum_ns: u64,
+    latency: DecisionLatency,
 }
 
 impl Collector for Snapshot {
@@ -245,12 +243,12 @@ impl Collector for Snapshot {
         let mut latency =
             encoder.encode_descriptor("pitboss_policy_decision_seconds", &help, None, MetricType::Histogram)?;
         for (pool, totals) in &versions {
-            for (version, total) in totals.iter().filter(|(_, total)| !total.latency.is_empty()) {
+            for (version, total) in totals {
                 let bounds = DECISION_BUCKETS_NS.iter().map(|ns| *ns as f64 / 1e9).chain([f64::INFINITY]);
-                let buckets: Vec<(f64, u64)> = bounds.zip(total.latency.iter().copied()).collect();
+                let buckets: Vec<(f64, u64)> = bounds.zip(total.latency.counts).collect();
                 latency.encode_family(&version_labels(pool, version))?.encode_histogram::<NoLabelSet>(
-                    total.latency_sum_ns as f64 / 1e9,
-                    total.latency.iter().sum(),
+                    total.latency.sum_ns as f64 / 1e9,
+                    total.latency.counts.iter().sum(),
                     &buckets,
                     None,
                 )?;

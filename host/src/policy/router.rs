@@ -86,7 +86,7 @@ impl VersionUsage {
 
     pub fn decision_latency(&self) -> pool::DecisionLatency {
         pool::DecisionLatency {
-            counts: self.latency.iter().map(|count| count.load(Ordering::Relaxed)).collect(),
+            counts: std::array::from_fn(|bucket| self.latency[bucket].load(Ordering::Relaxed)),
             sum_ns: self.latency_sum_ns.load(Ordering::Relaxed),
         }
     }

@@ -83,9 +83,9 @@ pub const DECISION_BUCKETS_NS: [u64; 10] =
 /// [`DECISION_BUCKETS_NS`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DecisionLatency {
-    /// Decisions per bucket (not cumulative); one more than the bounds,
-    /// or empty when nothing was measured.
-    pub counts: Vec<u64>,
+    /// Decisions per bucket (not cumulative); the last one counts those
+    /// above every bound.
+    pub counts: [u64; DECISION_BUCKETS_NS.len() + 1],
     pub sum_ns: u64,
 }
 
