@@ -114,9 +114,10 @@ async fn a_ttl_recycles_the_worker_on_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_over_its_memory_limit_retires_after_the_call() {
-    let (_dir, host) =
-        start("size = 1\nworker_max_rss = \"150MiB\"\nrecycle_jitter = 0.0\nping_interval = \"100ms\"\nmax_missed_pings = 20")
-            .await;
+    let (_dir, host) = start(
+        "size = 1\nworker_max_rss = \"150MiB\"\nrecycle_jitter = 0.0\nping_interval = \"100ms\"\nmax_missed_pings = 20",
+    )
+    .await;
     let small: u32 = serde_json::from_value(json_call(&host, "allocate", json!({ "megabytes": 10 })).await).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(pool_status(&host).await.recycles.get(Reason::MaxRss), 0, "10 MB stays under the limit");

@@ -131,9 +131,8 @@ impl<R: Caller> Core<R> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let Queued { request, reply, enqueued_at, .. } = queued;
-        let retry = reply.attempt() <= self.config.retries
-            && !reply.streams()
-            && self.idempotent.iter().any(|tool| *tool == request.tool);
+        let retry =
+            reply.attempt() <= self.config.retries && !reply.streams() && self.idempotent.contains(&request.tool);
         // A caller may ask for less time than the pool allows, never more.
         let timeout =
             request.timeout.map_or(self.config.request_timeout, |asked| asked.min(self.config.request_timeout));
