@@ -33,6 +33,11 @@ fn compile_protos() {
     };
     println!("cargo:rerun-if-changed=proto/pitboss/v1/pitboss.proto");
     tonic_prost_build::configure()
+        // Payloads as `Bytes`: the host hands a caller's payload to the
+        // worker and the worker's answer to the caller without copying it.
+        .bytes(".pitboss.v1.ExecuteRequest.payload")
+        .bytes(".pitboss.v1.ExecuteResponse.payload")
+        .bytes(".pitboss.v1.StreamChunk.payload")
         .compile_protos(&["proto/pitboss/v1/pitboss.proto"], &["proto"])
         .expect("compiling the gRPC API definitions");
 }

@@ -29,6 +29,8 @@ impl Client {
     /// an error naming the address.
     pub async fn connect(address: SocketAddr) -> Result<Client> {
         let channel = Channel::from_shared(format!("http://{address}"))?
+            .initial_stream_window_size(super::STREAM_WINDOW)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
             .connect()
             .await
             .with_context(|| format!("cannot reach pitboss at {address} (is `pitboss serve` running?)"))?;
@@ -44,7 +46,7 @@ impl Client {
                     unexpected(&Status::internal(format!("unknown content type {}", response.content_type)))
                 })?;
                 Ok(CallOutput {
-                    payload: response.payload.into(),
+                    payload: response.payload,
                     content_type: content_type_from_proto(content_type),
                     worker: response.worker,
                     duration: Duration::from_micros(response.duration_us),
@@ -72,7 +74,7 @@ impl Client {
             let content_type = proto::ContentType::try_from(chunk.content_type)
                 .map_err(|_| unexpected(&Status::internal(format!("unknown content type {}", chunk.content_type))))?;
             Ok(StreamChunk {
-                payload: chunk.payload.into(),
+                payload: chunk.payload,
                 content_type: content_type_from_proto(content_type),
                 worker: chunk.worker,
             })
@@ -100,7 +102,7 @@ fn execute_request(pool: &str, request: CallRequest) -> proto::ExecuteRequest {
     proto::ExecuteRequest {
         pool: pool.to_owned(),
         tool: request.tool,
-        payload: request.payload.to_vec(),
+        payload: request.payload,
         content_type: content_type_to_proto(request.content_type) as i32,
         session: request.session.unwrap_or_default(),
         timeout_ms: request.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::TcpIncoming;
@@ -54,12 +53,22 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, shutdown: impl Future
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PitbossServer<Service>>().await;
     tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(health_service)
         .add_service(PitbossServer::new(Service { host }))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .context("the API server failed")
 }
+
+/// HTTP/2 flow-control windows of the API, server and [`Client`] alike.
+/// At HTTP/2's default of 64 KiB a 1 MiB payload waits for sixteen window
+/// updates, a round trip each; these let a call of up to 4 MiB (tonic's
+/// default message limit) go in one flight, and several at once on one
+/// connection.
+pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
 
 struct Service {
     host: Arc<Host>,
@@ -82,7 +91,7 @@ impl Pitboss for Service {
         match self.host.execute(&pool, call).await {
             Ok(output) => {
                 let mut response = Response::new(proto::ExecuteResponse {
-                    payload: output.payload.to_vec(),
+                    payload: output.payload,
                     content_type: content_type_to_proto(output.content_type) as i32,
                     worker: output.worker,
                     duration_us: output.duration.as_micros() as u64,
@@ -110,7 +119,7 @@ impl Pitboss for Service {
         let request_id = chunks.request_id().and_then(|id| id.parse().ok());
         let chunks = chunks.map(move |chunk| match chunk {
             Ok(chunk) => Ok(proto::StreamChunk {
-                payload: chunk.payload.to_vec(),
+                payload: chunk.payload,
                 content_type: content_type_to_proto(chunk.content_type) as i32,
                 worker: chunk.worker,
             }),
@@ -159,7 +168,7 @@ fn call_request(request: Request<proto::ExecuteRequest>) -> Result<(String, Call
     metadata.sort();
     let call = CallRequest {
         tool: request.tool,
-        payload: Bytes::from(request.payload),
+        payload: request.payload,
         content_type,
         session: Some(request.session).filter(|s| !s.is_empty()),
         metadata,
