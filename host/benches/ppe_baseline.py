@@ -1,28 +1,24 @@
-"""Baseline for the round-trip benchmark: the same no-op tool through
-concurrent.futures.ProcessPoolExecutor, measured the way benches/roundtrip.rs
-measures pitboss, and through multiprocessing.Pool's imap_unordered
-(chunksize 1), the fastest way the standard library streams calls to a
-pool. Prints one JSON object per pool size on stdout."""
+"""Baseline for the round-trip benchmark: the same no-op function
+(workloads.noop) through concurrent.futures.ProcessPoolExecutor, measured the
+way benches/roundtrip.rs measures pitboss, and through multiprocessing.Pool's
+imap_unordered (chunksize 1), the fastest way the standard library streams
+calls to a pool.
+
+    python ppe_baseline.py CALLS WORKERS [WORKERS ...]
+
+Prints one JSON object per pool size on stdout."""
 
 import json
 import multiprocessing
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
-from adapter import Example  # noqa: E402
-
-_EXAMPLE = Example()
-
-
-def noop():
-    return _EXAMPLE.noop()
+from workloads import noop
 
 
 def percentile(sorted_values, pct):
-    return sorted_values[(len(sorted_values) - 1) * pct // 100]
+    return sorted_values[int((len(sorted_values) - 1) * pct)]
 
 
 def round_trips(executor, count):
@@ -32,7 +28,7 @@ def round_trips(executor, count):
         executor.submit(noop).result()
         samples.append(time.perf_counter_ns() - started)
     samples.sort()
-    return percentile(samples, 50) / 1e3, percentile(samples, 99) / 1e3
+    return {f"{name}_us": percentile(samples, pct) / 1e3 for name, pct in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
 
 
 def throughput(executor, in_flight, count):
@@ -68,13 +64,12 @@ def _noop_arg(_):
 
 def main():
     calls = int(sys.argv[1])
-    for workers in (1, 2):
+    for workers in map(int, sys.argv[2:]):
         with ProcessPoolExecutor(max_workers=workers) as executor:
             for _ in range(200):
                 executor.submit(noop).result()
-            p50, p99 = round_trips(executor, calls)
-            rates = {str(n): throughput(executor, n, calls) for n in (1, 8, 32)}
-        figures = {"workers": workers, "p50_us": p50, "p99_us": p99, "throughput": rates}
+            figures = {"workers": workers, **round_trips(executor, calls)}
+            figures["throughput"] = {str(n): throughput(executor, n, calls) for n in (1, 8, 32)}
         figures["mp_pool_throughput"] = pool_throughput(workers, calls)
         print(json.dumps(figures), flush=True)
 

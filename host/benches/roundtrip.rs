@@ -1,114 +1,416 @@
-//! Round trip of a no-op tool on 1- and 2-worker process pools: through the
-//! embedded `Host`, through `pitboss.v1` gRPC on loopback, and through
-//! Python's `concurrent.futures.ProcessPoolExecutor` with the same function
-//! (benches/ppe_baseline.py), and through Snakepit's transport (a grpcio
-//! server per worker process, benches/grpcio_worker.py), all in one run, beside two floors measured in
-//! the same run: a plain Python echo of framed messages over a Unix socket
-//! (benches/socket_floor.py) and a tonic↔tonic call that does nothing (the
-//! gRPC health check, on the host's own server and client settings).
-//! Prints p50/p99 and throughput at 1, 8 and 32 calls in flight (and
-//! `multiprocessing.Pool.imap_unordered`'s throughput), and the ratios the
-//! benchmark targets are set in.
+//! Round trip of a no-op tool on 1- and 2-worker pools, every system in one
+//! run with the same Python function (benches/workloads.py):
 //!
-//! Run: `cargo bench -p pitboss --bench roundtrip` (after scripts/python-env).
-//! `PITBOSS_BENCH_CALLS` sets the calls per measurement (default 3000);
-//! `PITBOSS_BENCH_SMOKE=1` makes it 100, for a run that only shows the
-//! harness works (`scripts/test` does that, in the debug build).
+//! - pitboss through the embedded `Host`, and through `pitboss.v1` gRPC on
+//!   loopback from a client on a runtime of its own;
+//! - `concurrent.futures.ProcessPoolExecutor` and `multiprocessing.Pool`
+//!   (benches/ppe_baseline.py), and a Ray actor pool (benches/ray_baseline.py);
+//! - Snakepit's transport: a grpcio server per worker process
+//!   (benches/grpcio_worker.py) called from tonic;
+//! - the floors: a plain Python echo of framed messages over a Unix socket
+//!   (benches/socket_floor.py) and a tonic↔tonic call that does nothing (the
+//!   gRPC health check, on the host's own server and client settings).
+//!
+//! For each: sequential p50/p99/p99.9, and throughput and latency at 1, 8
+//! and 32 calls in flight (closed loop); for pitboss also open-loop runs
+//! at a quarter and half its saturation rate (latency corrected for coordinated omission)
+//! and 0 B / 1 KiB / 1 MiB payloads with the host's overhead: the round trip
+//! less the time spent inside the Python function, from CLOCK_MONOTONIC
+//! timestamps the function takes. Prints the ratios the benchmark targets
+//! are set in, and writes every figure to `PITBOSS_BENCH_RESULTS` (see
+//! harness/mod.rs).
+//!
+//! Run: `cargo bench -p pitboss --bench roundtrip` (after scripts/python-env);
+//! `scripts/bench` runs it with the peers' virtualenv (Ray) five times.
+//! `PITBOSS_BENCH_PEERS_PYTHON` is the interpreter for the Python baselines
+//! (default `.venv`'s; without Ray there, the report says Ray could not
+//! start). `PITBOSS_BENCH_CALLS` sets the calls per measurement (default
+//! 3000); `PITBOSS_BENCH_SMOKE=1` makes it 100, for a run that only shows
+//! the harness works (`scripts/test` does that, in the debug build).
+
+mod harness;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
+use bytes::Bytes;
+use harness::{closed_loop, open_loop, root, sequential, Figure, Latencies, Results};
 use pitboss::api::Client;
 use pitboss::config::Config;
 use pitboss::pool::CallRequest;
 use pitboss::Host;
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+const IN_FLIGHT: [usize; 3] = [1, 8, 32];
+const WORKERS: [u32; 2] = [1, 2];
+const PAYLOADS: [(&str, usize); 3] = [("0 B", 0), ("1 KiB", 1 << 10), ("1 MiB", 1 << 20)];
+/// The open-loop runs' arrival rates, as fractions of the path's
+/// closed-loop saturation rate.
+const OPEN_LOOP_RATES: [(&str, f64); 2] = [("25% of saturation", 0.25), ("50% of saturation", 0.5)];
 
+/// One system's figures on one pool size.
 struct Figures {
     p50_us: f64,
     p99_us: f64,
-    /// Calls per second at 1, 8 and 32 in flight.
+    p999_us: f64,
+    /// Calls per second at each of `IN_FLIGHT`.
     throughput: [f64; 3],
 }
 
-const IN_FLIGHT: [usize; 3] = [1, 8, 32];
-
 fn main() {
-    let default_calls = if std::env::var_os("PITBOSS_BENCH_SMOKE").is_some() { 100 } else { 3000 };
-    let calls: usize = std::env::var("PITBOSS_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_calls);
-    let python = root().join(".venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/python-env first", python.display());
+    let calls = harness::calls(3000, 100);
+    let python = harness::venv_python(".venv", "scripts/python-env");
+    let peers = std::env::var_os("PITBOSS_BENCH_PEERS_PYTHON").map_or_else(|| python.clone(), PathBuf::from);
+    let mut results = Results::new("roundtrip");
 
-    let baseline = std::process::Command::new(&python)
-        .arg(root().join("host/benches/ppe_baseline.py"))
-        .arg(calls.to_string())
-        .output()
-        .expect("the ProcessPoolExecutor baseline runs");
-    assert!(baseline.status.success(), "baseline failed: {}", String::from_utf8_lossy(&baseline.stderr));
-    let baseline: Vec<Value> =
-        String::from_utf8_lossy(&baseline.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-
+    let ppe = python_baseline(&peers, "ppe_baseline.py", calls)
+        .unwrap_or_else(|reason| panic!("the ProcessPoolExecutor baseline failed: {reason}"));
+    let ray = python_baseline(&peers, "ray_baseline.py", calls);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let socket = runtime.block_on(socket_floor(calls, &python));
+    results
+        .latencies(&Figure { case: "noop", system: "framed-socket floor", workers: 0, param: "sequential" }, &socket);
+
+    println!("no-op round trip, {calls} calls per figure; throughput in calls/s by calls in flight");
     println!(
-        "floor: plain Python framed echo over a Unix socket: p50 {:.0} µs, p99 {:.0} µs",
-        socket.p50_us, socket.p99_us
+        "{:<8} {:<22} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "workers", "system", "p50 µs", "p99 µs", "p99.9 µs", "1", "8", "32"
     );
-    println!("no-op tool round trip, {calls} calls per figure");
-    println!(
-        "{:<8} {:<10} {:>9} {:>9} {:>11} {:>11} {:>11}",
-        "workers", "path", "p50", "p99", "1 in flight", "8 in flight", "32 in flight"
-    );
-    for (workers, python_figures) in [1u32, 2].into_iter().zip(&baseline) {
-        let (embedded, grpc, tonic) = runtime.block_on(measure_pool(workers, calls, &python));
+    let floor = [socket.us(0.5), socket.us(0.99), socket.us(0.999)];
+    println!("{:<8} {:<22} {:>8.0} {:>8.0} {:>8.0}", "-", "framed-socket floor", floor[0], floor[1], floor[2]);
+    for (index, workers) in WORKERS.into_iter().enumerate() {
+        let pool = runtime.block_on(measure_pool(workers, calls, &python));
         let grpcio = runtime.block_on(grpcio_workers(workers, calls, &python));
-        let ppe = Figures {
-            p50_us: python_figures["p50_us"].as_f64().unwrap(),
-            p99_us: python_figures["p99_us"].as_f64().unwrap(),
-            throughput: IN_FLIGHT.map(|n| python_figures["throughput"][n.to_string()].as_f64().unwrap()),
+        let systems = Systems {
+            embedded: pool.embedded.measured.record(&mut results, "embedded", workers),
+            grpc: pool.grpc.measured.record(&mut results, "gRPC", workers),
+            tonic: pool.tonic.record(&mut results, "tonic↔tonic floor", workers),
+            grpcio: grpcio.record(&mut results, "grpcio worker", workers),
+            ppe: from_python(&ppe[index], &mut results, "ProcessPoolExecutor", workers),
+            ray: ray.as_ref().ok().map(|lines| from_python(&lines[index], &mut results, "Ray actors", workers)),
+            mp_pool: ppe[index]["mp_pool_throughput"].as_f64().expect("the baseline reports mp.Pool"),
+            socket_p50_us: floor[0],
         };
-        let mp_pool = python_figures["mp_pool_throughput"].as_f64().unwrap();
-        for (path, figures) in [("embedded", &embedded), ("grpc", &grpc), ("ppe", &ppe), ("grpcio", &grpcio)] {
+        let mp_pool = Figure { case: "noop", system: "multiprocessing.Pool", workers, param: "all submitted" };
+        results.record(&mp_pool, "per_second", systems.mp_pool);
+        systems.print(workers);
+        for (system, path) in [("embedded", &pool.embedded), ("gRPC", &pool.grpc)] {
+            path.record_and_print(&mut results, system, workers);
+        }
+        systems.check_targets(&mut results, workers);
+    }
+    if let Err(reason) = &ray {
+        println!("Ray could not start: {reason}");
+        results.note(&Figure { case: "noop", system: "Ray actors", workers: 0, param: "" }, reason);
+    }
+}
+
+/// Every system's figures on one pool size, side by side.
+struct Systems {
+    embedded: Figures,
+    grpc: Figures,
+    tonic: Figures,
+    grpcio: Figures,
+    ppe: Figures,
+    ray: Option<Figures>,
+    /// `multiprocessing.Pool.imap_unordered` calls per second, all submitted at once.
+    mp_pool: f64,
+    socket_p50_us: f64,
+}
+
+impl Systems {
+    fn print(&self, workers: u32) {
+        let rows = [
+            ("embedded", Some(&self.embedded)),
+            ("gRPC", Some(&self.grpc)),
+            ("tonic↔tonic floor", Some(&self.tonic)),
+            ("grpcio worker", Some(&self.grpcio)),
+            ("ProcessPoolExecutor", Some(&self.ppe)),
+            ("Ray actors", self.ray.as_ref()),
+        ];
+        for (system, figures) in rows {
+            let Some(figures) = figures else { continue };
+            let [one, eight, thirty_two] = figures.throughput;
             println!(
-                "{workers:<8} {path:<10} {:>6.0} µs {:>6.0} µs {:>9.0}/s {:>9.0}/s {:>10.0}/s",
-                figures.p50_us, figures.p99_us, figures.throughput[0], figures.throughput[1], figures.throughput[2]
+                "{workers:<8} {system:<22} {:>8.0} {:>8.0} {:>8.0} {one:>9.0} {eight:>9.0} {thirty_two:>9.0}",
+                figures.p50_us, figures.p99_us, figures.p999_us
             );
         }
-        println!("{workers:<8} mp.Pool    imap_unordered, chunksize 1: {mp_pool:.0}/s");
-        println!("{workers:<8} floor      tonic↔tonic no-op: p50 {:.0} µs, p99 {:.0} µs", tonic.p50_us, tonic.p99_us);
-        println!(
-            "{workers:<8} ratios     embedded/ppe {:.2} (target ≤ 0.25), embedded/socket floor {:.2} (≤ 2), \
-             grpc/ppe {:.2} (≤ 0.6), (grpc − embedded)/tonic floor {:.2} (≤ 1.5)",
-            embedded.p50_us / ppe.p50_us,
-            embedded.p50_us / socket.p50_us,
-            grpc.p50_us / ppe.p50_us,
-            (grpc.p50_us - embedded.p50_us) / tonic.p50_us
-        );
-        println!(
-            "{workers:<8} ratios     embedded/grpcio worker {:.2} (target ≤ 0.15)",
-            embedded.p50_us / grpcio.p50_us
-        );
+        println!("{workers:<8} {:<22} {:>38.0}", "multiprocessing.Pool", self.mp_pool);
+    }
+
+    /// Prints and records each target ratio of the benchmarks issue.
+    fn check_targets(&self, results: &mut Results, workers: u32) {
+        let (embedded, grpc) = (&self.embedded, &self.grpc);
         let at_32 = |figures: &Figures| figures.throughput[2];
-        println!(
-            "{workers:<8} ratios     32 in flight: embedded/mp.Pool {:.2} (≥ 1.0), embedded/ppe {:.2} (≥ 2), \
-             grpc/embedded {:.2} (≥ 0.7)",
-            at_32(&embedded) / mp_pool,
-            at_32(&embedded) / at_32(&ppe),
-            at_32(&grpc) / at_32(&embedded)
-        );
+        let mut targets = vec![
+            ("embedded p50 / ProcessPoolExecutor p50", embedded.p50_us / self.ppe.p50_us, Bound::AtMost(0.25)),
+            ("embedded p50 / grpcio worker p50", embedded.p50_us / self.grpcio.p50_us, Bound::AtMost(0.15)),
+            ("embedded p50 / framed-socket floor p50", embedded.p50_us / self.socket_p50_us, Bound::AtMost(2.0)),
+            (
+                "(gRPC p50 − embedded p50) / tonic floor p50",
+                (grpc.p50_us - embedded.p50_us) / self.tonic.p50_us,
+                Bound::AtMost(1.5),
+            ),
+            ("gRPC p50 / ProcessPoolExecutor p50", grpc.p50_us / self.ppe.p50_us, Bound::AtMost(0.6)),
+            ("embedded / multiprocessing.Pool, 32 in flight", at_32(embedded) / self.mp_pool, Bound::AtLeast(1.0)),
+            ("embedded / ProcessPoolExecutor, 32 in flight", at_32(embedded) / at_32(&self.ppe), Bound::AtLeast(2.0)),
+            ("gRPC / embedded, 32 in flight", at_32(grpc) / at_32(embedded), Bound::AtLeast(0.7)),
+        ];
+        if let Some(ray) = &self.ray {
+            targets.push(("embedded p50 / Ray actors p50", embedded.p50_us / ray.p50_us, Bound::AtMost(0.1)));
+        }
+        for (name, ratio, bound) in targets {
+            let target = bound.to_string();
+            let verdict = if bound.met_by(ratio) { "met" } else { "missed" };
+            println!("{workers:<8} target     {name}: {ratio:.2} (target {target}: {verdict})");
+            results.record(&Figure { case: "targets", system: name, workers, param: &target }, "ratio", ratio);
+        }
+    }
+}
+
+enum Bound {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+impl Bound {
+    fn met_by(&self, ratio: f64) -> bool {
+        match *self {
+            Bound::AtMost(bound) => ratio <= bound,
+            Bound::AtLeast(bound) => ratio >= bound,
+        }
+    }
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Bound::AtMost(bound) => write!(f, "≤ {bound}"),
+            Bound::AtLeast(bound) => write!(f, "≥ {bound}"),
+        }
+    }
+}
+
+/// A measurement through the load generator: sequential, then closed loops
+/// at each number in flight.
+struct Measured {
+    sequential: Latencies,
+    loads: Vec<harness::Load>,
+}
+
+impl Measured {
+    async fn run<F, Fut>(calls: usize, call: F) -> Measured
+    where
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let sequential = sequential(200, calls, call.clone()).await;
+        let mut loads = Vec::new();
+        for in_flight in IN_FLIGHT {
+            loads.push(closed_loop(in_flight, calls, call.clone()).await);
+        }
+        Measured { sequential, loads }
+    }
+
+    fn saturation_per_second(&self) -> f64 {
+        self.loads.iter().map(|load| load.per_second).fold(0.0, f64::max)
+    }
+
+    fn record(&self, results: &mut Results, system: &str, workers: u32) -> Figures {
+        results.latencies(&Figure { case: "noop", system, workers, param: "sequential" }, &self.sequential);
+        for (in_flight, load) in IN_FLIGHT.iter().zip(&self.loads) {
+            let param = format!("in_flight={in_flight}");
+            let figure = Figure { case: "noop", system, workers, param: &param };
+            results.record(&figure, "per_second", load.per_second);
+            results.latencies(&figure, &load.latencies);
+        }
+        Figures {
+            p50_us: self.sequential.us(0.5),
+            p99_us: self.sequential.us(0.99),
+            p999_us: self.sequential.us(0.999),
+            throughput: std::array::from_fn(|n| self.loads[n].per_second),
+        }
+    }
+}
+
+/// A baseline's figures as its script printed them (one JSON line per pool
+/// size), recorded under `system`.
+fn from_python(line: &Value, results: &mut Results, system: &str, workers: u32) -> Figures {
+    let number = |value: &Value| value.as_f64().unwrap_or_else(|| panic!("{system} printed {line}"));
+    let figures = Figures {
+        p50_us: number(&line["p50_us"]),
+        p99_us: number(&line["p99_us"]),
+        p999_us: number(&line["p999_us"]),
+        throughput: IN_FLIGHT.map(|n| number(&line["throughput"][n.to_string()])),
+    };
+    let sequential = Figure { case: "noop", system, workers, param: "sequential" };
+    for (metric, value) in [("p50_us", figures.p50_us), ("p99_us", figures.p99_us), ("p999_us", figures.p999_us)] {
+        results.record(&sequential, metric, value);
+    }
+    for (in_flight, per_second) in IN_FLIGHT.iter().zip(figures.throughput) {
+        let param = format!("in_flight={in_flight}");
+        results.record(&Figure { case: "noop", system, workers, param: &param }, "per_second", per_second);
+    }
+    figures
+}
+
+/// Runs `script` (in benches/) with `python` for every pool size: its JSON
+/// lines, or the reason it gave for not running (`{"error": ...}`).
+fn python_baseline(python: &Path, script: &str, calls: usize) -> Result<Vec<Value>, String> {
+    let output = std::process::Command::new(python)
+        .arg(root().join("host/benches").join(script))
+        .arg(calls.to_string())
+        .args(WORKERS.map(|workers| workers.to_string()))
+        .output()
+        .map_err(|err| format!("{} does not run: {err}", python.display()))?;
+    if !output.status.success() {
+        return Err(format!("{script} failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{script} printed {line:?}: {err}")))
+        .collect();
+    match lines.first().and_then(|line| line["error"].as_str()) {
+        Some(reason) => Err(reason.to_owned()),
+        None => Ok(lines),
+    }
+}
+
+/// What the bench measures of one pitboss path (embedded or gRPC).
+struct PathFigures {
+    measured: Measured,
+    /// Each open-loop run: its rate's name, calls offered per second, and
+    /// what came of them.
+    open_loops: Vec<(&'static str, f64, harness::OpenLoad)>,
+    payloads: Vec<Payload>,
+}
+
+impl PathFigures {
+    async fn run<F, Fut, S, SFut>(calls: usize, noop: F, stamp: S) -> PathFigures
+    where
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        S: Fn(Bytes) -> SFut,
+        SFut: Future<Output = Bytes>,
+    {
+        let measured = Measured::run(calls, noop.clone()).await;
+        let mut open_loops = Vec::new();
+        for (name, fraction) in OPEN_LOOP_RATES {
+            let offered = measured.saturation_per_second() * fraction;
+            open_loops.push((name, offered, open_loop(offered, calls, noop.clone()).await));
+        }
+        let mut payloads = Vec::new();
+        for (size, bytes) in PAYLOADS {
+            // 1 MiB calls take milliseconds: fewer of them.
+            let count = if bytes >= 1 << 20 { (calls / 10).max(10) } else { calls };
+            payloads.push(Payload::run(size, bytes, count, &stamp).await);
+        }
+        PathFigures { measured, open_loops, payloads }
+    }
+
+    fn record_and_print(&self, results: &mut Results, system: &str, workers: u32) {
+        for (rate, offered, run) in &self.open_loops {
+            let figure = Figure { case: "noop open loop", system, workers, param: rate };
+            results.record(&figure, "offered_per_second", *offered);
+            results.record(&figure, "per_second", run.load.per_second);
+            results.latencies(&figure, &run.load.latencies);
+            results.latencies(&Figure { case: "open loop send lag", system, workers, param: rate }, &run.send_lag);
+            let latencies = &run.load.latencies;
+            println!(
+                "{workers:<8} {system:<10} open loop at {offered:.0}/s ({rate}): p50 {:.0} µs, p99 {:.0} µs, \
+                 p99.9 {:.0} µs (sent late by p50 {:.0} µs, p99 {:.0} µs)",
+                latencies.us(0.5),
+                latencies.us(0.99),
+                latencies.us(0.999),
+                run.send_lag.us(0.5),
+                run.send_lag.us(0.99)
+            );
+        }
+        for payload in &self.payloads {
+            payload.record_and_print(results, system, workers);
+        }
+    }
+}
+
+/// Round trips of one payload size through `stamp`, split by the function's
+/// own timestamps.
+struct Payload {
+    size: &'static str,
+    round_trip: Latencies,
+    /// The round trip less the time inside the Python function.
+    overhead: Latencies,
+    /// From sending the call to the function's start.
+    request_leg: Latencies,
+    /// From the function's end to the answer in the caller's hands.
+    answer_leg: Latencies,
+}
+
+#[derive(serde::Deserialize)]
+struct Stamps {
+    entered_ns: u64,
+    left_ns: u64,
+}
+
+fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+impl Payload {
+    async fn run<S, SFut>(size: &'static str, bytes: usize, calls: usize, stamp: &S) -> Payload
+    where
+        S: Fn(Bytes) -> SFut,
+        SFut: Future<Output = Bytes>,
+    {
+        let body = Bytes::from(serde_json::json!({ "data": "x".repeat(bytes) }).to_string());
+        for _ in 0..calls.min(20) {
+            stamp(body.clone()).await;
+        }
+        let mut payload = Payload {
+            size,
+            round_trip: Latencies::default(),
+            overhead: Latencies::default(),
+            request_leg: Latencies::default(),
+            answer_leg: Latencies::default(),
+        };
+        for _ in 0..calls {
+            let sent = monotonic_ns();
+            let answer = stamp(body.clone()).await;
+            let received = monotonic_ns();
+            let stamps: Stamps = serde_json::from_slice(&answer).expect("stamp answers its timestamps");
+            let inside = stamps.left_ns - stamps.entered_ns;
+            payload.round_trip.record(Duration::from_nanos(received - sent));
+            payload.overhead.record(Duration::from_nanos(received - sent - inside));
+            payload.request_leg.record(Duration::from_nanos(stamps.entered_ns - sent));
+            payload.answer_leg.record(Duration::from_nanos(received - stamps.left_ns));
+        }
+        payload
+    }
+
+    fn record_and_print(&self, results: &mut Results, system: &str, workers: u32) {
+        let legs = [
+            ("round trip", &self.round_trip),
+            ("host overhead", &self.overhead),
+            ("request leg", &self.request_leg),
+            ("answer leg", &self.answer_leg),
+        ];
+        let mut line = format!("{workers:<8} {system:<10} payload {:>5}:", self.size);
+        for (leg, latencies) in legs {
+            let figure = Figure { case: leg, system, workers, param: self.size };
+            results.latencies(&figure, latencies);
+            line += &format!(" {leg} p50 {:.0} / p99 {:.0} µs;", latencies.us(0.5), latencies.us(0.99));
+        }
+        println!("{}", line.trim_end_matches(';'));
     }
 }
 
 /// The same no-op behind Snakepit's transport: per worker, a Python
 /// process serving gRPC with grpcio on one thread (grpcio_worker.py),
 /// called from tonic; calls go round the workers in turn.
-async fn grpcio_workers(workers: u32, calls: usize, python: &std::path::Path) -> Figures {
+async fn grpcio_workers(workers: u32, calls: usize, python: &Path) -> Measured {
     use tokio::io::AsyncBufReadExt;
     let mut servers = Vec::new();
     let mut addresses = Vec::new();
@@ -125,13 +427,13 @@ async fn grpcio_workers(workers: u32, calls: usize, python: &std::path::Path) ->
         addresses.push(format!("http://127.0.0.1:{port}"));
         servers.push(server);
     }
-    let figures = as_another_program(async move {
+    let measured = as_another_program(async move {
         let mut channels = Vec::new();
         for address in addresses {
             channels.push(tonic::transport::Channel::from_shared(address).unwrap().connect().await.unwrap());
         }
         let (channels, next) = (Arc::new(channels), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
-        figures(calls, move || {
+        Measured::run(calls, move || {
             let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut grpc = tonic::client::Grpc::new(channels[turn % channels.len()].clone());
             async move {
@@ -145,11 +447,11 @@ async fn grpcio_workers(workers: u32, calls: usize, python: &std::path::Path) ->
     })
     .await;
     drop(servers);
-    figures
+    measured
 }
 
 /// Sequential round trips of a 2-byte frame through socket_floor.py.
-async fn socket_floor(calls: usize, python: &std::path::Path) -> Figures {
+async fn socket_floor(calls: usize, python: &Path) -> Latencies {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("floor.sock");
@@ -161,42 +463,45 @@ async fn socket_floor(calls: usize, python: &std::path::Path) -> Figures {
         .spawn()
         .expect("the socket floor starts");
     let (stream, _) = listener.accept().await.unwrap();
-    let stream = std::sync::Arc::new(tokio::sync::Mutex::new(stream));
-    let figures = figures(calls, move || {
-        let stream = stream.clone();
-        async move {
-            let mut stream = stream.lock().await;
-            let frame = [0, 0, 0, 2, b'{', b'}'];
-            stream.write_all(&frame).await.unwrap();
-            let mut answer = [0u8; 6];
-            stream.read_exact(&mut answer).await.unwrap();
-        }
+    let stream = tokio::sync::Mutex::new(stream);
+    let latencies = sequential(200, calls, || async {
+        let mut stream = stream.lock().await;
+        stream.write_all(&[0, 0, 0, 2, b'{', b'}']).await.unwrap();
+        let mut answer = [0u8; 6];
+        stream.read_exact(&mut answer).await.unwrap();
     })
     .await;
     let _ = echo.kill().await;
-    figures
+    latencies
 }
 
-async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (Figures, Figures, Figures) {
+/// What one pitboss pool of `workers` gives on each path.
+struct PoolFigures {
+    embedded: PathFigures,
+    grpc: PathFigures,
+    tonic: Measured,
+}
+
+async fn measure_pool(workers: u32, calls: usize, python: &Path) -> PoolFigures {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("pitboss.toml");
     std::fs::write(
         &config_path,
         format!(
             "[host]\npython = {python:?}\nrun_dir = {:?}\napi_address = \"127.0.0.1:0\"\n\n\
-             [[pool]]\nname = \"bench\"\nadapter = \"adapter:Example\"\npython_path = [{:?}]\nsize = {workers}\n",
+             [[pool]]\nname = \"bench\"\nadapter = \"workloads:Workloads\"\npython_path = [{:?}]\nsize = {workers}\n",
             dir.path().join("run"),
-            root().join("examples"),
+            root().join("host/benches"),
         ),
     )
     .unwrap();
     let config = Config::load(&config_path).unwrap();
     let host = Arc::new(Host::start(config).await.expect("bench pool starts"));
     while host.stats().await[0].ready < workers {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let embedded = figures(calls, {
+    let noop = {
         let host = host.clone();
         move || {
             let host = host.clone();
@@ -204,8 +509,12 @@ async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (
                 host.execute("bench", CallRequest::json("noop", "{}")).await.expect("noop succeeds");
             }
         }
-    })
-    .await;
+    };
+    let stamp = |body: Bytes| {
+        let host = host.clone();
+        async move { host.execute("bench", CallRequest::json("stamp", body)).await.expect("stamp succeeds").payload }
+    };
+    let embedded = PathFigures::run(calls, noop, stamp).await;
 
     let listener = pitboss::api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -213,21 +522,34 @@ async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (
     let server = tokio::spawn(pitboss::api::serve(host.clone(), listener, async {
         let _ = stopped.await;
     }));
-    let grpc = as_another_program(async move {
-        let client = Client::connect(address).await.unwrap();
-        figures(calls, move || {
-            let mut client = client.clone();
-            async move {
-                client.execute("bench", CallRequest::json("noop", "{}")).await.expect("noop succeeds over gRPC");
-            }
+    let grpc =
+        as_another_program(async move {
+            let client = Client::connect(address).await.unwrap();
+            let noop = {
+                let client = client.clone();
+                move || {
+                    let mut client = client.clone();
+                    async move {
+                        client
+                            .execute("bench", CallRequest::json("noop", "{}"))
+                            .await
+                            .expect("noop succeeds over gRPC");
+                    }
+                }
+            };
+            let stamp = |body: Bytes| {
+                let mut client = client.clone();
+                async move {
+                    client.execute("bench", CallRequest::json("stamp", body)).await.expect("stamp over gRPC").payload
+                }
+            };
+            PathFigures::run(calls, noop, stamp).await
         })
-        .await
-    })
-    .await;
+        .await;
     let tonic = as_another_program(async move {
         let channel = tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap().connect().await;
         let health = tonic_health::pb::health_client::HealthClient::new(channel.unwrap());
-        figures(calls, move || {
+        Measured::run(calls, move || {
             let mut health = health.clone();
             async move {
                 let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
@@ -240,57 +562,16 @@ async fn measure_pool(workers: u32, calls: usize, python: &std::path::Path) -> (
     let _ = stop.send(());
     host.shutdown().await;
     let _ = server.await;
-    (embedded, grpc, tonic)
+    PoolFigures { embedded, grpc, tonic }
 }
 
 /// Runs a network client's measurement on a runtime of its own, on a
 /// thread of its own, as a caller in another program would: not as tasks
 /// competing with the host's own on the host's runtime.
-async fn as_another_program(measure: impl Future<Output = Figures> + Send + 'static) -> Figures {
+async fn as_another_program<T: Send + 'static>(measure: impl Future<Output = T> + Send + 'static) -> T {
     tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(measure)
     })
     .await
     .unwrap()
-}
-
-/// Sequential round trips (after a warm-up), then throughput at each
-/// number of calls in flight.
-async fn figures<F, Fut>(calls: usize, call: F) -> Figures
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    for _ in 0..200 {
-        call().await;
-    }
-    let mut samples = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let started = Instant::now();
-        call().await;
-        samples.push(started.elapsed().as_nanos() as f64 / 1e3);
-    }
-    samples.sort_by(f64::total_cmp);
-    let percentile = |pct: usize| samples[(samples.len() - 1) * pct / 100];
-
-    let mut throughput = [0.0; 3];
-    for (slot, in_flight) in throughput.iter_mut().zip(IN_FLIGHT) {
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..in_flight)
-            .map(|lane| {
-                let call = call.clone();
-                let share = calls / in_flight + usize::from(lane < calls % in_flight);
-                tokio::spawn(async move {
-                    for _ in 0..share {
-                        call().await;
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        *slot = calls as f64 / started.elapsed().as_secs_f64();
-    }
-    Figures { p50_us: percentile(50), p99_us: percentile(99), throughput }
 }
