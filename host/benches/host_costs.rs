@@ -6,8 +6,10 @@
 //! /proc/self; the workers' are not counted.
 //!
 //! Run: `cargo bench -p pitboss --bench host_costs`. `PITBOSS_BENCH_SMOKE=1`
-//! runs a short one (`scripts/test` does, in the debug build).
+//! runs a short one (`scripts/test` does, in the debug build). Writes every
+//! figure to `PITBOSS_BENCH_RESULTS` (see harness/mod.rs).
 
+mod harness;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
@@ -15,6 +17,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use harness::{Figure, Results};
 use pitboss::pool::CallRequest;
 use pitboss::{resident_bytes, Host};
 
@@ -26,9 +29,14 @@ fn main() {
     let smoke = std::env::var_os("PITBOSS_BENCH_SMOKE").is_some();
     let (calls, sizes, repetitions): (u32, &[u32], usize) =
         if smoke { (200, &[2, 4], 1) } else { (3000, &[2, 16, 64], 5) };
+    let mut results = Results::new("host_costs");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let cpu: Vec<f64> = repeated(repetitions, || cpu_per_thousand_calls(calls)).await;
+        let figure = Figure { case: "host CPU per 1,000 no-op calls", system: "embedded", workers: 2, param: "" };
+        for ms in &cpu {
+            results.record(&figure, "ms", *ms);
+        }
         println!(
             "host CPU per 1,000 no-op calls (2 workers, sequential, {calls} calls, {repetitions} runs): median {:.1} ms \
              ({:.1}–{:.1})",
@@ -39,21 +47,29 @@ fn main() {
 
         let mut rss = Vec::new();
         for &size in sizes {
-            rss.push((size, host_rss_with(size).await));
+            let bytes = host_rss_with(size).await;
+            let figure = Figure { case: "host RSS, every worker ready", system: "pitboss", workers: size, param: "" };
+            results.record(&figure, "MiB", mib(bytes));
+            rss.push((size, bytes));
         }
         let line: Vec<String> = rss.iter().map(|(size, bytes)| format!("{size} workers {:.1} MiB", mib(*bytes))).collect();
         println!("host RSS with all workers ready: {}", line.join(", "));
         let ((few, few_rss), (many, many_rss)) = (rss[0], rss[rss.len() - 1]);
-        println!(
-            "host RSS per added worker ({few} → {many}): {:.2} MiB (target ≤ 1 MiB)",
-            (mib(many_rss) - mib(few_rss)) / f64::from(many - few)
-        );
+        let per_worker = (mib(many_rss) - mib(few_rss)) / f64::from(many - few);
+        println!("host RSS per added worker ({few} → {many}): {per_worker:.2} MiB (target ≤ 1 MiB)");
+        let param = format!("{few} → {many} workers");
+        let figure = Figure { case: "host RSS per added worker", system: "pitboss", workers: many, param: &param };
+        results.record(&figure, "MiB", per_worker);
 
         println!("time from Host::start to N ready workers, ms (median of {repetitions}, min–max):");
         for (label, adapter) in [("no imports", "adapter:Example"), ("imports numpy", "with_numpy:WithNumpy")] {
             let mut cells = Vec::new();
             for size in [1, 2, 8] {
                 let times: Vec<f64> = repeated(repetitions, || time_to_ready(adapter, size)).await;
+                let figure = Figure { case: "time to N ready workers", system: label, workers: size, param: "" };
+                for ms in &times {
+                    results.record(&figure, "ms", *ms);
+                }
                 cells.push(format!("N={size}: {:.0} ({:.0}–{:.0})", median(&times), min(&times), max(&times)));
             }
             println!("  {label:<14} {}", cells.join("   "));

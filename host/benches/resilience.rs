@@ -22,7 +22,9 @@
 //! Run: `cargo bench -p pitboss --bench resilience` (20,000 calls a case,
 //! 16 callers; a few minutes). `PITBOSS_BENCH_SMOKE=1` runs a short one
 //! (`scripts/test` does, in the debug build, so the harness cannot rot).
+//! Writes every figure to `PITBOSS_BENCH_RESULTS` (see harness/mod.rs).
 
+mod harness;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
@@ -32,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use harness::{Figure, Results};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pitboss::api::Client;
@@ -72,6 +75,26 @@ struct Outcome {
 impl Outcome {
     fn failed(&self) -> usize {
         self.failures.values().sum()
+    }
+
+    fn record(&self, results: &mut Results) {
+        let figure = Figure { case: "chaos", system: self.label, workers: POOL_SIZE, param: "" };
+        let (p50, max) = percentiles(&self.replacements).unwrap_or_default();
+        let figures = [
+            ("calls", self.calls as f64),
+            ("answered", self.answered as f64),
+            ("failed", self.failed() as f64),
+            ("wrong answer", self.wrong_answers as f64),
+            ("hung", self.hung as f64),
+            ("kills", self.kills as f64),
+            ("kill → back at size p50, ms", p50.as_secs_f64() * 1e3),
+            ("kill → back at size max, ms", max.as_secs_f64() * 1e3),
+            ("host RSS after warm-up, MiB", self.rss_after_warm_up as f64 / f64::from(1 << 20)),
+            ("host RSS at the end, MiB", self.rss_at_end as f64 / f64::from(1 << 20)),
+        ];
+        for (metric, value) in figures {
+            results.record(&figure, metric, value);
+        }
     }
 }
 
@@ -169,9 +192,21 @@ fn main() -> ExitCode {
             smoke || hung.detected <= HUNG_PING_INTERVAL * (HUNG_MISSED_PINGS + 2) + Duration::from_millis(100),
         ),
     ];
+    let mut results = Results::new("resilience");
+    for run in [&idempotent, &not_idempotent] {
+        run.record(&mut results);
+    }
+    let host = Figure { case: "host SIGKILL mid-load", system: "pitboss serve", workers: POOL_SIZE, param: "" };
+    results.record(&host, "workers left after 3 s", host_kill.left_after_3s as f64);
+    results.record(&host, "last gone, ms", host_kill.all_gone_after.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3));
+    let stopped = Figure { case: "hung worker (SIGSTOP)", system: "pitboss", workers: 1, param: "" };
+    results.record(&stopped, "out of service, ms", hung.detected.as_secs_f64() * 1e3);
+    results.record(&stopped, "replaced, ms", hung.replaced.as_secs_f64() * 1e3);
     let mut all_passed = true;
     for (check, passed) in checks {
         println!("{} {check}", if passed { "pass" } else { "FAIL" });
+        let figure = Figure { case: "checks", system: check, workers: POOL_SIZE, param: "" };
+        results.record(&figure, "passed", f64::from(u8::from(passed)));
         all_passed &= passed;
     }
     println!("(whole run {:.0} s)", started.elapsed().as_secs_f64());
