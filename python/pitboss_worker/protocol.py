@@ -13,6 +13,8 @@ Every frame::
 Standard library only: this module is on the worker's hot path.
 """
 
+import os
+import select
 import socket
 import time
 import json
@@ -291,16 +293,24 @@ class FrameReader:
         self._spin = spin
 
     def _poll(self):
-        """Up to `spin` seconds of non-blocking reads: the next frame of a
-        busy caller usually arrives within that, and catching it awake saves
-        the process a sleep and a wake-up (tens of microseconds each)."""
+        """Up to `spin` seconds of polling for the next frame: a busy
+        caller's usually arrives within that, and catching it awake saves
+        the process a sleep and a wake-up (tens of microseconds each).
+
+        Between polls the worker yields its core: the host that sends the
+        next call may be waiting for that very core (on a 2-core machine,
+        two spinning workers held the host to half the calls a second).
+        A zero-timeout poll, not a non-blocking recv: each empty recv raised
+        BlockingIOError, and building that exception (its strerror text
+        decoded through the locale) cost more than the poll itself."""
         deadline = time.perf_counter() + self._spin
-        recv, size = self._sock.recv, self._chunk_size
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        ready, pause = poller.poll, os.sched_yield
         while time.perf_counter() < deadline:
-            try:
-                return recv(size, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                continue
+            if ready(0):
+                return self._sock.recv(self._chunk_size)
+            pause()
         return None
 
     def _fill(self, needed):
