@@ -2,7 +2,8 @@
 (workloads.noop) through concurrent.futures.ProcessPoolExecutor, measured the
 way benches/roundtrip.rs measures pitboss, and through multiprocessing.Pool's
 imap_unordered (chunksize 1), the fastest way the standard library streams
-calls to a pool.
+calls to a pool; and workloads.stamp with 0 B, 1 KiB and 1 MiB payloads,
+split into legs by the function's own timestamps (timing.py).
 
     python ppe_baseline.py CALLS WORKERS [WORKERS ...]
 
@@ -14,11 +15,8 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from workloads import noop
-
-
-def percentile(sorted_values, pct):
-    return sorted_values[int((len(sorted_values) - 1) * pct)]
+from timing import payload_legs, percentiles
+from workloads import noop, stamp
 
 
 def round_trips(executor, count):
@@ -27,8 +25,7 @@ def round_trips(executor, count):
         started = time.perf_counter_ns()
         executor.submit(noop).result()
         samples.append(time.perf_counter_ns() - started)
-    samples.sort()
-    return {f"{name}_us": percentile(samples, pct) / 1e3 for name, pct in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
+    return percentiles(samples)
 
 
 def throughput(executor, in_flight, count):
@@ -70,6 +67,7 @@ def main():
                 executor.submit(noop).result()
             figures = {"workers": workers, **round_trips(executor, calls)}
             figures["throughput"] = {str(n): throughput(executor, n, calls) for n in (1, 8, 32)}
+            figures["payloads"] = payload_legs(lambda data: executor.submit(stamp, data).result(), calls)
         figures["mp_pool_throughput"] = pool_throughput(workers, calls)
         print(json.dumps(figures), flush=True)
 

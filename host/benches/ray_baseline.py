@@ -18,18 +18,16 @@ import time
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 BENCHES = os.path.abspath(os.path.dirname(__file__))
-from workloads import noop  # noqa: E402
-
-PERCENTILES = (("p50_us", 500), ("p99_us", 990), ("p999_us", 999))
+from timing import payload_legs, percentiles  # noqa: E402
+from workloads import noop, stamp  # noqa: E402
 
 
 class Worker:
     def noop(self):
         return noop()
 
-
-def percentile(sorted_values, permille):
-    return sorted_values[(len(sorted_values) - 1) * permille // 1000]
+    def stamp(self, data):
+        return stamp(data)
 
 
 def start_ray(ray):
@@ -57,8 +55,7 @@ def round_trips(ray, actors, count):
         started = time.perf_counter_ns()
         ray.get(actors[i % len(actors)].noop.remote())
         samples.append(time.perf_counter_ns() - started)
-    samples.sort()
-    return {key: percentile(samples, permille) / 1e3 for key, permille in PERCENTILES}
+    return percentiles(samples)
 
 
 def throughput(ray, actors, in_flight, count):
@@ -79,6 +76,7 @@ def measure(ray, actors, calls):
         ray.get(actors[i % len(actors)].noop.remote())
     figures = {"workers": len(actors), **round_trips(ray, actors, calls)}
     figures["throughput"] = {str(n): throughput(ray, actors, n, calls) for n in (1, 8, 32)}
+    figures["payloads"] = payload_legs(lambda data: ray.get(actors[0].stamp.remote(data)), calls)
     return figures
 
 

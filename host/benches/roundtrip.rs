@@ -4,7 +4,8 @@
 //! - pitboss through the embedded `Host`, and through `pitboss.v1` gRPC on
 //!   loopback from a client on a runtime of its own;
 //! - `concurrent.futures.ProcessPoolExecutor` and `multiprocessing.Pool`
-//!   (benches/ppe_baseline.py), and a Ray actor pool (benches/ray_baseline.py);
+//!   (benches/ppe_baseline.py), and a Ray actor pool (benches/ray_baseline.py),
+//!   both with the payloads below too (benches/timing.py);
 //! - Snakepit's transport: a grpcio server per worker process
 //!   (benches/grpcio_worker.py) called from tonic;
 //! - the floors: a plain Python echo of framed messages over a Unix socket
@@ -253,6 +254,18 @@ fn from_python(line: &Value, results: &mut Results, system: &str, workers: u32) 
     for (in_flight, per_second) in IN_FLIGHT.iter().zip(figures.throughput) {
         let param = format!("in_flight={in_flight}");
         results.record(&Figure { case: "noop", system, workers, param: &param }, "per_second", per_second);
+    }
+    let payloads = line["payloads"].as_object().unwrap_or_else(|| panic!("{system} printed no payloads: {line}"));
+    for (size, legs) in payloads {
+        let legs = legs.as_object().unwrap_or_else(|| panic!("{system} printed {legs} for {size}"));
+        for (leg, quantiles) in legs {
+            let figure = Figure { case: leg, system, workers, param: size };
+            for (metric, value) in quantiles.as_object().into_iter().flatten() {
+                results.record(&figure, metric, number(value));
+            }
+        }
+        let round_trip = number(&legs["round trip"]["p50_us"]);
+        println!("{workers:<8} {system:<10} payload {size:>5}: round trip p50 {round_trip:.0} µs");
     }
     figures
 }
