@@ -252,10 +252,10 @@ def plot_latency_by_concurrency(figures, path):
     workers = max((k[3] for k in figures.keys("roundtrip", "noop")), default=0)
     systems = ordered(k[2] for k in figures.keys("roundtrip", "noop") if k[3] == workers and k[5] == "p99_us" and k[4].startswith("in_flight"))
     loads = [int(n) for n in IN_FLIGHT]
-    for system in systems:
+    for color, system in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], systems):
         for metric, style in (("p50_us", "-"), ("p99_us", "--")):
             medians = [figures.median("roundtrip", "noop", system, workers, f"in_flight={n}", metric) for n in IN_FLIGHT]
-            axes.plot(loads, medians, style, marker="o", label=f"{system} {metric[:3]}")
+            axes.plot(loads, medians, style, color=color, marker="o", label=f"{system} {metric[:3]}")
     axes.set(xscale="log", yscale="log", xlabel="calls in flight", ylabel="latency, µs",
              title=f"No-op round trip latency by concurrency, {workers} workers")
     axes.set_xticks(loads, [str(n) for n in loads])
