@@ -15,7 +15,6 @@ Standard library only: this module is on the worker's hot path.
 
 import os
 import select
-import socket
 import time
 import json
 import struct
@@ -277,7 +276,8 @@ def decode_json_body(body):
 
 
 class FrameReader:
-    """Reads whole frames from a socket (anything with recv()).
+    """Reads whole frames from a socket (anything with recv(), and fileno()
+    when `spin` is set: it polls the descriptor).
 
     read_frame() returns a Frame, None at a clean end of stream (EOF between
     frames), and raises FrameTooLarge as soon as a length field over the limit
@@ -291,6 +291,7 @@ class FrameReader:
         self._chunk_size = chunk_size
         self._buf = bytearray()
         self._spin = spin
+        self._poller = None
 
     def _poll(self):
         """Up to `spin` seconds of polling for the next frame: a busy
@@ -303,10 +304,11 @@ class FrameReader:
         A zero-timeout poll, not a non-blocking recv: each empty recv raised
         BlockingIOError, and building that exception (its strerror text
         decoded through the locale) cost more than the poll itself."""
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self._sock, select.POLLIN)
         deadline = time.perf_counter() + self._spin
-        poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
-        ready, pause = poller.poll, os.sched_yield
+        ready, pause = self._poller.poll, os.sched_yield
         while time.perf_counter() < deadline:
             if ready(0):
                 return self._sock.recv(self._chunk_size)

@@ -4,6 +4,7 @@ and the frame reader's handling of a byte stream."""
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -118,6 +119,35 @@ def test_vector_through_reader(v):
         first, second = reader.read_frame(), reader.read_frame()
         assert first == second == P.decode_frame(data)
         assert reader.read_frame() is None
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("ends", ["frame then EOF", "EOF mid-frame"])
+def test_a_polling_reader_sees_frames_and_eof_that_arrive_while_it_spins(ends):
+    """With `spin` set, the reader polls for up to that long before a
+    blocking recv: a frame sent during the spin, and an end of stream,
+    must read exactly as they do without it."""
+    a, b = socket.socketpair()
+    data = P.encode_frame(P.PONG, 7)
+    try:
+        reader = P.FrameReader(b, spin=0.5)
+
+        def send_later():
+            time.sleep(0.05)  # inside the reader's 0.5 s spin
+            a.sendall(data if ends == "frame then EOF" else data[:6])
+            time.sleep(0.05)
+            a.close()
+
+        sender = threading.Thread(target=send_later)
+        sender.start()
+        if ends == "frame then EOF":
+            assert reader.read_frame() == P.decode_frame(data)
+            assert reader.read_frame() is None
+        else:
+            with pytest.raises(P.ProtocolError):
+                reader.read_frame()
+        sender.join()
     finally:
         b.close()
 
