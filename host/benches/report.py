@@ -69,7 +69,8 @@ def number(value):
 
 
 def cell(values):
-    """The median, with the range when there was more than one run."""
+    """The median, with the range when there was more than one run; blank
+    for a figure this run did not measure."""
     if not values:
         return ""
     median = number(statistics.median(values))
@@ -177,15 +178,24 @@ def payloads(figures):
     return table(header, rows)
 
 
+def verdict(values, bound):
+    """Whether the median of `values` meets `bound` ("≤ 0.25", "≥ 2")."""
+    limit = float(bound.split()[1])
+    median = statistics.median(values)
+    met = median <= limit if bound.startswith("≤") else median >= limit
+    return "met" if met else "**missed**"
+
+
+def target_rows(figures, bench):
+    return [[k[2], k[3], cell(figures.get(*k, "ratio")), k[4], verdict(figures.get(*k, "ratio"), k[4])]
+            for k in ordered(k[:5] for k in figures.keys(bench, "targets"))]
+
+
+TARGET_HEADER = ["ratio", "workers", "value", "target", "median of the runs"]
+
+
 def targets(figures):
-    rows = []
-    for key in ordered(k[:5] for k in figures.keys("roundtrip", "targets")):
-        values = figures.get(*key, "ratio")
-        bound = key[4]
-        limit = float(bound.split()[1])
-        met = statistics.median(values) <= limit if bound.startswith("≤") else statistics.median(values) >= limit
-        rows.append([key[2], key[3], cell(values), bound, "met" if met else "**missed**"])
-    return table(["target", "workers", "ratio", "target", "median"], rows)
+    return table(TARGET_HEADER, target_rows(figures, "roundtrip"))
 
 
 def saturation(figures):
@@ -198,8 +208,7 @@ def saturation(figures):
             by_column = {per_worker(k): figures.get(*k) for k in keys if k[2:4] == (system, workers)}
             rows.append([system, workers, *(cell(by_column.get(c, [])) for c in columns)])
         parts.append(f"**{case}**, calls per second\n\n" + table(["system", "workers", *columns], rows))
-    target_rows = [[k[2], k[3], cell(figures.get(*k)), k[4]] for k in figures.keys("saturation", "targets")]
-    parts.append("**target**\n\n" + table(["ratio", "workers", "value", "target"], target_rows))
+    parts.append("**target**\n\n" + table(TARGET_HEADER, target_rows(figures, "saturation")))
     return "\n\n".join(parts)
 
 
@@ -269,7 +278,7 @@ def plot_throughput_by_workers(figures, path):
     for axes, case in zip(grid[0], cases):
         keys = [k for k in figures.keys("saturation", case) if k[5] == "per_second"]
         for system in ordered(k[2] for k in keys):
-            # Each system at its most callers: the pool never short of work.
+            # Each system at its best number of callers.
             points = {}
             for k in keys:
                 if k[2] == system:

@@ -79,19 +79,21 @@ impl Outcome {
 
     fn record(&self, results: &mut Results) {
         let figure = Figure { case: "chaos", system: self.label, workers: POOL_SIZE, param: "" };
-        let (p50, max) = percentiles(&self.replacements).unwrap_or_default();
-        let figures = [
+        let mut figures = vec![
             ("calls", self.calls as f64),
             ("answered", self.answered as f64),
             ("failed", self.failed() as f64),
             ("wrong answer", self.wrong_answers as f64),
             ("hung", self.hung as f64),
             ("kills", self.kills as f64),
-            ("kill → back at size p50, ms", p50.as_secs_f64() * 1e3),
-            ("kill → back at size max, ms", max.as_secs_f64() * 1e3),
             ("host RSS after warm-up, MiB", self.rss_after_warm_up as f64 / f64::from(1 << 20)),
             ("host RSS at the end, MiB", self.rss_at_end as f64 / f64::from(1 << 20)),
         ];
+        // No figure at all when no kill was followed by a replacement.
+        if let Some((p50, max)) = percentiles(&self.replacements) {
+            figures.push(("kill → back at size p50, ms", p50.as_secs_f64() * 1e3));
+            figures.push(("kill → back at size max, ms", max.as_secs_f64() * 1e3));
+        }
         for (metric, value) in figures {
             results.record(&figure, metric, value);
         }

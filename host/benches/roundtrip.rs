@@ -10,7 +10,8 @@
 //!   (benches/grpcio_worker.py) called from tonic;
 //! - the floors: a plain Python echo of framed messages over a Unix socket
 //!   (benches/socket_floor.py) and a tonic↔tonic call that does nothing (the
-//!   gRPC health check, on the host's own server and client settings).
+//!   gRPC health check, on the host's own server, from a tonic channel with
+//!   default settings).
 //!
 //! For each: sequential p50/p99/p99.9, and throughput and latency at 1, 8
 //! and 32 calls in flight (closed loop); for pitboss also open-loop runs

@@ -33,19 +33,20 @@ pub fn smoke() -> bool {
     std::env::var_os("PITBOSS_BENCH_SMOKE").is_some()
 }
 
-/// `PITBOSS_BENCH_CALLS`, or `full` (`smoke` in a smoke run).
+/// `PITBOSS_BENCH_CALLS`, or `full` (`smoke_calls` in a smoke run).
 pub fn calls(full: usize, smoke_calls: usize) -> usize {
     let default = if smoke() { smoke_calls } else { full };
     std::env::var("PITBOSS_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Latencies of one measurement, in nanoseconds, from 1 µs to 10 minutes at
-/// 3 significant digits.
+/// Latencies of one measurement, in nanoseconds, up to 10 minutes at 3
+/// significant digits (a lowest bound of 1 ns: a higher one would widen the
+/// buckets of the microsecond range that matters here).
 pub struct Latencies(Histogram<u64>);
 
 impl Default for Latencies {
     fn default() -> Self {
-        Latencies(Histogram::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid histogram bounds"))
+        Latencies(Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds"))
     }
 }
 
@@ -202,8 +203,14 @@ impl Results {
         Results { bench, file }
     }
 
+    /// A value that is not finite (a ratio over zero, a time never
+    /// reached) is written as a note saying so: JSON has no NaN.
     pub fn record(&mut self, figure: &Figure, metric: &str, value: f64) {
-        self.write(figure, "value", serde_json::json!({ "metric": metric, "value": value }));
+        if value.is_finite() {
+            self.write(figure, "value", serde_json::json!({ "metric": metric, "value": value }));
+        } else {
+            self.note(figure, &format!("{metric}: no value ({value})"));
+        }
     }
 
     /// A sentence the report prints beside the figure's table, such as why
