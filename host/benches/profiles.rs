@@ -15,42 +15,23 @@
 //! `scripts/python-env --free-threaded` (`.venv` with numpy, and `.venv-ft` on CPython 3.13t).
 //! `PITBOSS_BENCH_SCALE` multiplies the calls per figure (default 1).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod harness;
 
-use pitboss::config::Config;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use harness::POOL;
 use pitboss::pool::CallRequest;
 use pitboss::Host;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
-
-fn interpreter(venv: &str) -> PathBuf {
-    let python = root().join(venv).join("bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/python-env --free-threaded first", python.display());
-    python
+fn interpreter(venv: &str) -> std::path::PathBuf {
+    harness::venv_python(venv, "scripts/python-env --free-threaded")
 }
 
 /// A pool of examples/adapter.py with `settings`, started and fully ready.
 async fn start_pool(python: &Path, settings: &str) -> (tempfile::TempDir, Arc<Host>) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pitboss.toml");
-    let text = format!(
-        "[host]\npython = {python:?}\nrun_dir = {:?}\n\n[[pool]]\nname = \"bench\"\nadapter = \"adapter:Example\"\n\
-         python_path = [{:?}]\nstartup_timeout = \"120s\"\n{settings}\n",
-        dir.path().join("run"),
-        root().join("examples"),
-    );
-    std::fs::write(&path, text).unwrap();
-    let host = Host::start(Config::load(&path).unwrap()).await.expect("bench pool starts");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while host.stats().await.iter().any(|p| p.ready < p.size) {
-        assert!(Instant::now() < deadline, "bench pool did not get all its workers ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (dir, Arc::new(host))
+    harness::start_pool(python, "adapter:Example", &harness::root().join("examples"), settings).await
 }
 
 struct Load {
@@ -70,7 +51,7 @@ async fn load(host: &Arc<Host>, tool: &str, args: &str, callers: usize, calls: u
                 let mut failed = 0;
                 for _ in 0..calls / callers {
                     let call_started = Instant::now();
-                    if let Err(err) = host.execute("bench", CallRequest::json(&tool, args.clone())).await {
+                    if let Err(err) = host.execute(POOL, CallRequest::json(&tool, args.clone())).await {
                         eprintln!("failed call: {err}");
                         failed += 1;
                     }

@@ -38,11 +38,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::{closed_loop, open_loop, root, sequential, Figure, Latencies, Results};
+use harness::{closed_loop, open_loop, root, sequential, Figure, Latencies, Results, POOL};
 use pitboss::api::Client;
-use pitboss::config::Config;
 use pitboss::pool::CallRequest;
-use pitboss::Host;
 use serde_json::Value;
 
 const IN_FLIGHT: [usize; 3] = [1, 8, 32];
@@ -497,36 +495,22 @@ struct PoolFigures {
 }
 
 async fn measure_pool(workers: u32, calls: usize, python: &Path) -> PoolFigures {
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("pitboss.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[host]\npython = {python:?}\nrun_dir = {:?}\napi_address = \"127.0.0.1:0\"\n\n\
-             [[pool]]\nname = \"bench\"\nadapter = \"workloads:Workloads\"\npython_path = [{:?}]\nsize = {workers}\n",
-            dir.path().join("run"),
-            root().join("host/benches"),
-        ),
-    )
-    .unwrap();
-    let config = Config::load(&config_path).unwrap();
-    let host = Arc::new(Host::start(config).await.expect("bench pool starts"));
-    while host.stats().await[0].ready < workers {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let workloads = root().join("host/benches");
+    let settings = format!("size = {workers}");
+    let (_dir, host) = harness::start_pool(python, "workloads:Workloads", &workloads, &settings).await;
 
     let noop = {
         let host = host.clone();
         move || {
             let host = host.clone();
             async move {
-                host.execute("bench", CallRequest::json("noop", "{}")).await.expect("noop succeeds");
+                host.execute(POOL, CallRequest::json("noop", "{}")).await.expect("noop succeeds");
             }
         }
     };
     let stamp = |body: Bytes| {
         let host = host.clone();
-        async move { host.execute("bench", CallRequest::json("stamp", body)).await.expect("stamp succeeds").payload }
+        async move { host.execute(POOL, CallRequest::json("stamp", body)).await.expect("stamp succeeds").payload }
     };
     let embedded = PathFigures::run(calls, noop, stamp).await;
 
@@ -554,7 +538,7 @@ async fn measure_pool(workers: u32, calls: usize, python: &Path) -> PoolFigures 
             let stamp = |body: Bytes| {
                 let mut client = client.clone();
                 async move {
-                    client.execute("bench", CallRequest::json("stamp", body)).await.expect("stamp over gRPC").payload
+                    client.execute(POOL, CallRequest::json("stamp", body)).await.expect("stamp over gRPC").payload
                 }
             };
             PathFigures::run(calls, noop, stamp).await

@@ -34,15 +34,12 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use harness::{closed_loop, root, Figure, Load, Results};
-use pitboss::config::Config;
+use harness::{closed_loop, root, Figure, Load, Results, POOL};
 use pitboss::pool::CallRequest;
-use pitboss::Host;
 use serde_json::Value;
 
-const POOL: &str = "saturation";
 const THREADS_PER_WORKER: usize = 16;
 /// The worker count of the CPU target.
 const TARGET_WORKERS: u32 = 2;
@@ -189,7 +186,9 @@ impl Bench {
     /// each number of callers per worker, after a warm-up of two calls per
     /// caller.
     async fn measure(&mut self, system: &System, workers: u32) {
-        let (_dir, host) = start_pool(&system.python, &system.settings(workers)).await;
+        let workloads = root().join("host/benches");
+        let (_dir, host) =
+            harness::start_pool(&system.python, "workloads:Workloads", &workloads, &system.settings(workers)).await;
         for work in system.works {
             let call = {
                 let (host, failures, payload) = (host.clone(), self.failures.clone(), work.payload());
@@ -386,25 +385,4 @@ impl Table {
             }
         }
     }
-}
-
-/// A pool of the workloads adapter on `python` with `settings`, started and
-/// with every worker ready.
-async fn start_pool(python: &Path, settings: &str) -> (tempfile::TempDir, Arc<Host>) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pitboss.toml");
-    let text = format!(
-        "[host]\npython = {python:?}\nrun_dir = {:?}\n\n[[pool]]\nname = \"{POOL}\"\nadapter = \"workloads:Workloads\"\n\
-         python_path = [{:?}]\nstartup_timeout = \"120s\"\n{settings}",
-        dir.path().join("run"),
-        root().join("host/benches"),
-    );
-    std::fs::write(&path, text).unwrap();
-    let host = Host::start(Config::load(&path).unwrap()).await.expect("bench pool starts");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while host.stats().await.iter().any(|pool| pool.ready < pool.size) {
-        assert!(Instant::now() < deadline, "bench pool did not get all its workers ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (dir, Arc::new(host))
 }

@@ -11,9 +11,12 @@
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use pitboss::config::Config;
+use pitboss::Host;
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
@@ -25,6 +28,36 @@ pub fn venv_python(venv: &str, made_by: &str) -> PathBuf {
     let python = root().join(venv).join("bin/python");
     assert!(python.exists(), "{} is missing: run {made_by} first", python.display());
     python
+}
+
+/// The name of the one pool of [`start_pool`]'s host.
+pub const POOL: &str = "bench";
+
+/// A host with one pool, [`POOL`], serving `adapter` (`module:Class`, found
+/// on `python_path`) on `python`, with `settings` added to the pool's
+/// table; returned once every worker is ready. The folder holds the
+/// config and the run directory: keep it while the host runs.
+pub async fn start_pool(
+    python: &Path,
+    adapter: &str,
+    python_path: &Path,
+    settings: &str,
+) -> (tempfile::TempDir, Arc<Host>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pitboss.toml");
+    let text = format!(
+        "[host]\npython = {python:?}\nrun_dir = {:?}\n\n[[pool]]\nname = \"{POOL}\"\nadapter = \"{adapter}\"\n\
+         python_path = [{python_path:?}]\nstartup_timeout = \"120s\"\n{settings}\n",
+        dir.path().join("run"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let host = Host::start(Config::load(&path).unwrap()).await.expect("bench pool starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while host.stats().await.iter().any(|pool| pool.ready < pool.size) {
+        assert!(Instant::now() < deadline, "bench pool did not get all its workers ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (dir, Arc::new(host))
 }
 
 /// `PITBOSS_BENCH_SMOKE` is set: one short repetition, only to show the
