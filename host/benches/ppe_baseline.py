@@ -1,6 +1,7 @@
 """Baseline for the round-trip benchmark: the same no-op function
 (workloads.noop) through concurrent.futures.ProcessPoolExecutor, measured the
-way benches/roundtrip.rs measures pitboss, and through multiprocessing.Pool's
+way benches/roundtrip.rs measures pitboss (and through its map, every call
+submitted at once), and through multiprocessing.Pool's
 imap_unordered (chunksize 1), the fastest way the standard library streams
 calls to a pool; and workloads.stamp with 0 B, 1 KiB and 1 MiB payloads,
 split into legs by the function's own timestamps (timing.py).
@@ -44,6 +45,14 @@ def throughput(executor, in_flight, count):
     return count / (time.perf_counter() - started)
 
 
+def map_throughput(executor, count):
+    """Calls per second of executor.map over `count` no-op calls, chunksize 1."""
+    started = time.perf_counter()
+    for _ in executor.map(_noop_arg, range(count), chunksize=1):
+        pass
+    return count / (time.perf_counter() - started)
+
+
 def pool_throughput(workers, count):
     """Calls per second of imap_unordered over `count` no-op calls."""
     with multiprocessing.Pool(workers) as pool:
@@ -67,6 +76,7 @@ def main():
                 executor.submit(noop).result()
             figures = {"workers": workers, **round_trips(executor, calls)}
             figures["throughput"] = {str(n): throughput(executor, n, calls) for n in (1, 8, 32)}
+            figures["ppe_map_throughput"] = map_throughput(executor, calls)
             figures["payloads"] = payload_legs(lambda data: executor.submit(stamp, data).result(), calls)
         figures["mp_pool_throughput"] = pool_throughput(workers, calls)
         print(json.dumps(figures), flush=True)

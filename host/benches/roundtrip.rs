@@ -7,7 +7,7 @@
 //!   (benches/ppe_baseline.py), and a Ray actor pool (benches/ray_baseline.py),
 //!   both with the payloads below too (benches/timing.py);
 //! - Snakepit's transport: a grpcio server per worker process
-//!   (benches/grpcio_worker.py) called from tonic;
+//!   (benches/grpcio_worker.py) called from tonic, with the payloads too;
 //! - the floors: a plain Python echo of framed messages over a Unix socket
 //!   (benches/socket_floor.py) and a tonic↔tonic call that does nothing (the
 //!   gRPC health check, on the host's own server, from a tonic channel with
@@ -82,7 +82,7 @@ fn main() {
     println!("{:<8} {:<22} {:>8.0} {:>8.0} {:>8.0}", "-", "framed-socket floor", floor[0], floor[1], floor[2]);
     for (index, workers) in WORKERS.into_iter().enumerate() {
         let pool = runtime.block_on(measure_pool(workers, calls, &python));
-        let grpcio = runtime.block_on(grpcio_workers(workers, calls, &python));
+        let (grpcio, grpcio_payloads) = runtime.block_on(grpcio_workers(workers, calls, &python));
         let systems = Systems {
             embedded: pool.embedded.measured.record(&mut results, "embedded", workers),
             grpc: pool.grpc.measured.record(&mut results, "gRPC", workers),
@@ -91,13 +91,20 @@ fn main() {
             ppe: from_python(&ppe[index], &mut results, "ProcessPoolExecutor", workers),
             ray: ray.as_ref().ok().map(|lines| from_python(&lines[index], &mut results, "Ray actors", workers)),
             mp_pool: ppe[index]["mp_pool_throughput"].as_f64().expect("the baseline reports mp.Pool"),
+            ppe_map: ppe[index]["ppe_map_throughput"].as_f64().expect("the baseline reports ProcessPoolExecutor.map"),
             socket_p50_us: floor[0],
         };
-        let mp_pool = Figure { case: "noop", system: "multiprocessing.Pool", workers, param: "all submitted" };
-        results.record(&mp_pool, "per_second", systems.mp_pool);
+        for (system, per_second) in
+            [("multiprocessing.Pool", systems.mp_pool), ("ProcessPoolExecutor map", systems.ppe_map)]
+        {
+            results.record(&Figure { case: "noop", system, workers, param: "all submitted" }, "per_second", per_second);
+        }
         systems.print(workers);
         for (system, path) in [("embedded", &pool.embedded), ("gRPC", &pool.grpc)] {
             path.record_and_print(&mut results, system, workers);
+        }
+        for payload in &grpcio_payloads {
+            payload.record_and_print(&mut results, "grpcio worker", workers);
         }
         systems.check_targets(&mut results, workers);
     }
@@ -117,6 +124,8 @@ struct Systems {
     ray: Option<Figures>,
     /// `multiprocessing.Pool.imap_unordered` calls per second, all submitted at once.
     mp_pool: f64,
+    /// `ProcessPoolExecutor.map` calls per second, all submitted at once.
+    ppe_map: f64,
     socket_p50_us: f64,
 }
 
@@ -138,7 +147,10 @@ impl Systems {
                 figures.p50_us, figures.p99_us, figures.p999_us
             );
         }
-        println!("{workers:<8} {:<22} {:>38.0}", "multiprocessing.Pool", self.mp_pool);
+        for (system, per_second) in [("multiprocessing.Pool", self.mp_pool), ("ProcessPoolExecutor map", self.ppe_map)]
+        {
+            println!("{workers:<8} {system:<22} {per_second:>38.0} (all submitted at once)");
+        }
     }
 
     /// Prints and records each target ratio of the benchmarks issue.
@@ -316,9 +328,7 @@ impl PathFigures {
         }
         let mut payloads = Vec::new();
         for (size, bytes) in PAYLOADS {
-            // 1 MiB calls take milliseconds: fewer of them.
-            let count = if bytes >= 1 << 20 { (calls / 10).max(10) } else { calls };
-            payloads.push(Payload::run(size, bytes, count, &stamp).await);
+            payloads.push(Payload::run(size, bytes, payload_calls(calls, bytes), &stamp).await);
         }
         PathFigures { measured, open_loops, payloads }
     }
@@ -344,6 +354,16 @@ impl PathFigures {
         for payload in &self.payloads {
             payload.record_and_print(results, system, workers);
         }
+    }
+}
+
+/// Calls per payload figure: 1 MiB calls take milliseconds, so a tenth as
+/// many of them (as timing.py does for the Python baselines).
+fn payload_calls(calls: usize, bytes: usize) -> usize {
+    if bytes >= 1 << 20 {
+        (calls / 10).max(10)
+    } else {
+        calls
     }
 }
 
@@ -419,10 +439,11 @@ impl Payload {
     }
 }
 
-/// The same no-op behind Snakepit's transport: per worker, a Python
+/// The same functions behind Snakepit's transport: per worker, a Python
 /// process serving gRPC with grpcio on one thread (grpcio_worker.py),
-/// called from tonic; calls go round the workers in turn.
-async fn grpcio_workers(workers: u32, calls: usize, python: &Path) -> Measured {
+/// called from tonic; no-op calls go round the workers in turn, payloads
+/// go to the first.
+async fn grpcio_workers(workers: u32, calls: usize, python: &Path) -> (Measured, Vec<Payload>) {
     use tokio::io::AsyncBufReadExt;
     let mut servers = Vec::new();
     let mut addresses = Vec::new();
@@ -444,8 +465,9 @@ async fn grpcio_workers(workers: u32, calls: usize, python: &Path) -> Measured {
         for address in addresses {
             channels.push(tonic::transport::Channel::from_shared(address).unwrap().connect().await.unwrap());
         }
+        let first = channels[0].clone();
         let (channels, next) = (Arc::new(channels), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
-        Measured::run(calls, move || {
+        let measured = Measured::run(calls, move || {
             let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut grpc = tonic::client::Grpc::new(channels[turn % channels.len()].clone());
             async move {
@@ -455,7 +477,24 @@ async fn grpcio_workers(workers: u32, calls: usize, python: &Path) -> Measured {
                 grpc.unary(tonic::Request::new(()), path, codec).await.expect("noop over grpcio");
             }
         })
-        .await
+        .await;
+        // The payload travels as a google.protobuf.BytesValue (prost's
+        // message for Vec<u8>), which grpcio_worker.py unwraps.
+        let stamp = |body: Bytes| {
+            let mut grpc = tonic::client::Grpc::new(first.clone());
+            async move {
+                grpc.ready().await.unwrap();
+                let codec = tonic_prost::ProstCodec::<Vec<u8>, Vec<u8>>::default();
+                let path = "/bench.Worker/Stamp".parse().unwrap();
+                let answer = grpc.unary(tonic::Request::new(body.to_vec()), path, codec).await;
+                Bytes::from(answer.expect("stamp over grpcio").into_inner())
+            }
+        };
+        let mut payloads = Vec::new();
+        for (size, bytes) in PAYLOADS {
+            payloads.push(Payload::run(size, bytes, payload_calls(calls, bytes), &stamp).await);
+        }
+        (measured, payloads)
     })
     .await;
     drop(servers);
