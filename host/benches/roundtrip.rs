@@ -217,7 +217,7 @@ impl Measured {
     async fn run<F, Fut>(calls: usize, call: F) -> Measured
     where
         F: Fn() -> Fut + Clone + Send + 'static,
-        Fut: Future<Output = ()> + Send,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         let sequential = sequential(200, calls, call.clone()).await;
         let mut loads = Vec::new();

@@ -111,6 +111,15 @@ where
     for _ in 0..warm_up {
         call().await;
     }
+    timed(calls, call).await
+}
+
+/// `calls` calls of `call` back to back, each timed.
+async fn timed<F, Fut>(calls: usize, call: F) -> Latencies
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut latencies = Latencies::default();
     for _ in 0..calls {
         let started = Instant::now();
@@ -131,22 +140,14 @@ pub struct Load {
 pub async fn closed_loop<F, Fut>(in_flight: usize, calls: usize, call: F) -> Load
 where
     F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let started = Instant::now();
     let callers: Vec<_> = (0..in_flight)
         .map(|caller| {
             let call = call.clone();
             let share = calls / in_flight + usize::from(caller < calls % in_flight);
-            tokio::spawn(async move {
-                let mut latencies = Latencies::default();
-                for _ in 0..share {
-                    let call_started = Instant::now();
-                    call().await;
-                    latencies.record(call_started.elapsed());
-                }
-                latencies
-            })
+            tokio::spawn(timed(share, call))
         })
         .collect();
     let mut latencies = Latencies::default();
