@@ -89,7 +89,7 @@ fn render(pools: &[PoolStatus], workers: bool, style: Style) -> String {
             format!("{}×{}", pool.profile, pool.threads_per_worker),
             format!("{}/{} ready{degraded}", pool.ready, pool.size),
             format!("{} {:>3.0}%", bar(pool.utilisation(), 10), pool.utilisation() * 100.0),
-            format!("{}/{}", pool.in_flight, pool.capacity),
+            in_flight_cell(pool.in_flight, pool.capacity, pool.reserved),
             pool.queued.to_string(),
             pool.served.to_string(),
             pool.failed.to_string(),
@@ -121,7 +121,7 @@ fn render(pools: &[PoolStatus], workers: bool, style: Style) -> String {
                     w.id.to_string(),
                     w.pid.to_string(),
                     w.state.to_owned(),
-                    format!("{}/{}", w.in_flight, w.capacity),
+                    in_flight_cell(w.in_flight, w.capacity, w.reserved),
                     w.served.to_string(),
                     human_bytes(w.rss_bytes),
                     w.threads.to_string(),
@@ -215,6 +215,14 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// `████░░░░░░` for 0.4 of `width` cells.
+/// `running/capacity`, and `+N` for calls waiting in reserve.
+fn in_flight_cell(running: u32, capacity: u32, reserved: u32) -> String {
+    match reserved {
+        0 => format!("{running}/{capacity}"),
+        reserved => format!("{running}/{capacity} +{reserved}"),
+    }
+}
+
 fn bar(fraction: f64, width: usize) -> String {
     let filled = ((fraction.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
@@ -263,6 +271,7 @@ struct PoolDocument {
     draining: u32,
     capacity: u32,
     in_flight: u32,
+    reserved: u32,
     queued: u32,
     utilisation: f64,
     served: u64,
@@ -296,6 +305,7 @@ struct WorkerDocument {
     state: &'static str,
     capacity: u32,
     in_flight: u32,
+    reserved: u32,
     served: u64,
     rss_bytes: u64,
     threads: u32,
@@ -318,6 +328,7 @@ impl StatusDocument {
                 draining: p.draining,
                 capacity: p.capacity,
                 in_flight: p.in_flight,
+                reserved: p.reserved,
                 queued: p.queued,
                 utilisation: p.utilisation(),
                 served: p.served,
@@ -347,6 +358,7 @@ impl StatusDocument {
                         state: w.state,
                         capacity: w.capacity,
                         in_flight: w.in_flight,
+                        reserved: w.reserved,
                         served: w.served,
                         rss_bytes: w.rss_bytes,
                         threads: w.threads,

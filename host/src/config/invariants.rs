@@ -27,6 +27,12 @@ pub(super) fn hard_limits(config: &Config) -> Vec<Diagnostic> {
         require(pool.size >= 1, key("size"), "at least one worker");
         require(threads_fit(pool), key("threads_per_worker"), "1 for a process pool, at least 1 for a thread pool");
         require(
+            pool.calls_in_reserve == 0 || pool.profile == Profile::Process,
+            key("calls_in_reserve"),
+            "0 for a thread pool: a thread worker's calls end out of order, so a call held in reserve could not tell \
+             when it starts; raise threads_per_worker instead",
+        );
+        require(
             pool.fallback_profile.is_none()
                 || (pool.profile, pool.fallback_profile) == (Profile::Thread, Some(Profile::Process)),
             key("fallback_profile"),

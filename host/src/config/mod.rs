@@ -116,6 +116,9 @@ pub struct PoolConfig {
     pub session_idle: Duration,
     /// Calls one worker serves at once: 1 for process pools.
     pub threads_per_worker: u32,
+    /// Calls a process worker may hold beyond the one it runs, so that it
+    /// starts the next at once instead of waiting for the host to send it.
+    pub calls_in_reserve: u32,
     /// What a thread pool runs instead when its thread workers cannot start.
     pub fallback_profile: Option<Profile>,
     /// Ask thread workers to watch for concurrent entry into unsafe tools.

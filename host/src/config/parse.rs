@@ -208,6 +208,7 @@ fn read_pool(
         retries: raw.count("retries").unwrap_or(0),
         session_idle: raw.duration("session_idle").unwrap_or(Duration::from_secs(30 * 60)),
         threads_per_worker,
+        calls_in_reserve: raw.count("calls_in_reserve").unwrap_or(0),
         fallback_profile: raw.choice("fallback_profile", "a profile", &Profile::CHOICES),
         thread_safety_checks: raw.boolean("thread_safety_checks").unwrap_or(false),
         lifecycle: lifecycle(&mut raw),

@@ -59,6 +59,7 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(pool.request_timeout, Duration::from_secs(60));
     assert_eq!(pool.queue_timeout, Duration::from_secs(30));
     assert_eq!(pool.queue_limit, 1000);
+    assert_eq!(pool.calls_in_reserve, 0);
     assert_eq!(pool.router_limits, PolicyLimits::default());
     assert_eq!(config.host.config_rules, DEFAULT_CONFIG_RULES);
     assert_eq!(config.host.compat_rules, DEFAULT_COMPAT_RULES);
@@ -262,6 +263,7 @@ startup_batch_size = 0
 name = "a"
 adapter = " "
 profile = "thread"
+calls_in_reserve = 2
 fallback_profile = "thread"
 "#,
     )
@@ -277,6 +279,7 @@ fallback_profile = "thread"
             "pool.a.recycle_jitter",
             "pool.a.name",
             "pool.a.adapter",
+            "pool.a.calls_in_reserve",
             "pool.a.fallback_profile",
         ]
     );

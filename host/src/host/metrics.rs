@@ -178,6 +178,12 @@ impl Collector for Snapshot {
         gauges(&mut encoder, "pitboss_in_flight", "Calls running on workers", per_pool(|p| p.in_flight.into()))?;
         gauges(
             &mut encoder,
+            "pitboss_reserved",
+            "Calls sent to workers that wait behind a running one (calls_in_reserve)",
+            per_pool(|p| p.reserved.into()),
+        )?;
+        gauges(
+            &mut encoder,
             "pitboss_capacity",
             "Calls the pool can run at once: serving workers times threads each",
             per_pool(|p| p.capacity.into()),

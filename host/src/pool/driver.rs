@@ -31,7 +31,8 @@ pub(super) enum Event {
         request: CallRequest,
         reply: Reply,
     },
-    /// An idempotent call whose worker crashed or timed out, sent again.
+    /// A call sent again, kept off `failed_on`: an idempotent call whose
+    /// worker crashed or timed out, or one its worker died before starting.
     Retry {
         request: CallRequest,
         reply: Reply,
@@ -195,7 +196,7 @@ impl Effector {
                     notify(&events, Event::Started { id, outcome });
                 });
             }
-            Effect::Call { worker, request_id, request, reply, deadline, timeout, queued, retry } => {
+            Effect::Call { worker, request_id, request, reply, timeout, queued, retry } => {
                 let handle = self.handles.get(&worker).expect("the core calls only workers that said hello");
                 let call = worker::Call {
                     id: request_id,
@@ -214,25 +215,25 @@ impl Effector {
                 // the worker's driver, or an abandon (Abandoned).
                 let on_answer = Box::new(move |outcome| {
                     let duration = started.elapsed();
+                    let finished = |error, timed_out, started| {
+                        let tool = request.tool.clone();
+                        let completion =
+                            Completion { worker, request_id, tool, error, latency: duration, timed_out, started };
+                        notify(&events, Event::Finished(completion));
+                    };
+                    if let CallOutcome::NotStarted(how) = outcome {
+                        tracing::info!(pool = %pool, request_id = request.request_id.as_deref().unwrap_or(""),
+                            tool = %request.tool, worker, "{how} before it started the call; placing the call again");
+                        finished(None, false, false);
+                        notify(&events, Event::Retry { request, reply, failed_on: worker });
+                        return;
+                    }
                     let (result, timed_out) = answer(outcome, worker, duration, timeout, queued, reply.attempt());
                     // The pool hears first, so a caller who asks for the
                     // pool's status after its answer never sees its call
                     // still in flight.
                     log_outcome(&pool, &request, worker, duration, &result);
-                    let error = result.as_ref().err().cloned();
-                    let tool = request.tool.clone();
-                    notify(
-                        &events,
-                        Event::Finished(Completion {
-                            worker,
-                            request_id,
-                            deadline,
-                            tool,
-                            error,
-                            latency: duration,
-                            timed_out,
-                        }),
-                    );
+                    finished(result.as_ref().err().cloned(), timed_out, true);
                     match result {
                         Err(error) if retry && retryable(&error) && !reply.has_left() => {
                             tracing::warn!(pool = %pool, request_id = request.request_id.as_deref().unwrap_or(""),
@@ -307,7 +308,7 @@ fn answer(
         CallOutcome::Done { content_type, payload } => (output(payload, content_type), false),
         CallOutcome::Ended => (output(bytes::Bytes::new(), ContentType::Json), false),
         CallOutcome::Failed(error) => (Err(CallError::from_worker(error)), false),
-        CallOutcome::Crashed(how) => {
+        CallOutcome::Crashed(how) | CallOutcome::NotStarted(how) => {
             (Err(CallError::new(ErrorKind::WorkerCrashed, format!("the worker crashed: {how}"))), false)
         }
         CallOutcome::Abandoned => {

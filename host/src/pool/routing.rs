@@ -21,8 +21,10 @@ pub enum WorkerState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerView {
     pub id: u32,
-    /// Calls it serves at once.
+    /// Calls it may hold at once: its threads, plus the pool's
+    /// `calls_in_reserve`.
     pub capacity: u32,
+    /// Calls it holds, running or in reserve.
     pub in_flight: u32,
     pub served: u64,
     pub age_ms: u64,

@@ -29,7 +29,11 @@ pub struct PoolStatus {
     pub starting: u32,
     /// Workers being recycled: no new calls, finishing their own.
     pub draining: u32,
+    /// Calls running on workers.
     pub in_flight: u32,
+    /// Calls sent to workers that wait behind a running one
+    /// (`calls_in_reserve`).
+    pub reserved: u32,
     pub queued: u32,
     /// Calls the pool can run at once now: serving workers × threads each.
     pub capacity: u32,
@@ -95,7 +99,10 @@ pub struct WorkerStatus {
     /// Said hello and is not being stopped (a draining worker is ready:
     /// it finishes its calls).
     pub ready: bool,
+    /// Calls running on it.
     pub in_flight: u32,
+    /// Calls sent to it that wait for its thread (`calls_in_reserve`).
+    pub reserved: u32,
     /// Calls it serves at once.
     pub capacity: u32,
     pub served: u64,

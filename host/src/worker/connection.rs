@@ -23,12 +23,20 @@ use super::{describe_exit, kill_group, lock, CallOutcome, SharedPending, WorkerE
 /// it is killed.
 const EXIT_AFTER_EOF: Duration = Duration::from_secs(2);
 
+/// After the process is gone, how long its call connection may take to
+/// deliver the answers it sent before it died. They are read before the
+/// calls left are judged started or not, so a call whose predecessor was
+/// answered is never taken for one that did not start.
+const ANSWERS_AFTER_EXIT: Duration = Duration::from_secs(1);
+
 /// The task that owns a running worker: forwards calls, routes answers to
 /// their callers, and reports the exit.
 pub(super) struct Driver {
     pub(super) id: u32,
     pub(super) pool: String,
     pub(super) pid: u32,
+    /// Calls the worker runs at once (`--threads`).
+    pub(super) threads: u32,
     pub(super) records: WorkerRecords,
     pub(super) exits: mpsc::UnboundedSender<WorkerExit>,
 }
@@ -37,14 +45,13 @@ impl Driver {
     /// Starts a reader and a writer task per connection (each owns its
     /// half, so no frame is ever cut short by a cancelled select). The call
     /// reader answers calls itself; the control reader records pongs.
-    /// Returns the senders for each connection and a channel that fires
-    /// when either connection closes.
+    /// Returns the senders for each connection and how the connections end.
     pub(super) fn spawn_io(
         &self,
         connections: Connections,
         pending: SharedPending,
         last_pong: Arc<AtomicU64>,
-    ) -> (FrameWriter, FrameWriter, mpsc::Receiver<Option<std::io::Error>>) {
+    ) -> (FrameWriter, FrameWriter, Ends) {
         let Connections { mut control_reader, control_writer, call } = connections;
         let (call_read, call_writer) = call.into_split();
         let mut call_reader = BufReader::new(call_read);
@@ -53,7 +60,7 @@ impl Driver {
 
         let closed_by_calls = closed_tx.clone();
         let call_pool = pool.clone();
-        tokio::spawn(async move {
+        let call_reader = tokio::spawn(async move {
             let ended = loop {
                 let (call, outcome) = match read_frame(&mut call_reader).await {
                     Ok(Some(Frame::Result { id: call, content_type, payload })) => {
@@ -89,7 +96,11 @@ impl Driver {
                 };
                 // An answer to a call nobody waits for any more (it was
                 // abandoned) is dropped here.
-                let taken = lock(&pending).calls.remove(&call);
+                let taken = {
+                    let mut pending = lock(&pending);
+                    pending.abandoned.remove(&call);
+                    pending.calls.remove(&call)
+                };
                 if let Some(taken) = taken {
                     (taken.on_answer)(outcome);
                 }
@@ -114,7 +125,7 @@ impl Driver {
             };
             let _ = closed_tx.send(ended).await;
         });
-        (FrameWriter::new(call_writer), FrameWriter::new(control_writer), closed)
+        (FrameWriter::new(call_writer), FrameWriter::new(control_writer), Ends { closed, call_reader })
     }
 
     /// Waits for the process to end (killing it when asked, or when its
@@ -122,10 +133,11 @@ impl Driver {
     pub(super) async fn run(
         self,
         mut child: Child,
-        mut closed: mpsc::Receiver<Option<std::io::Error>>,
+        ends: Ends,
         mut kill_requests: mpsc::UnboundedReceiver<()>,
         pending: SharedPending,
     ) {
+        let Ends { mut closed, call_reader } = ends;
         let status = loop {
             tokio::select! {
                 ended = closed.recv() => {
@@ -156,18 +168,34 @@ impl Driver {
             Ok(status) => describe_exit(status),
             Err(err) => format!("could not be waited for ({err})"),
         };
+        let answers_read = tokio::time::timeout(ANSWERS_AFTER_EXIT, call_reader).await.is_ok();
         let how = format!("worker {} (pid {}) {status}", self.id, self.pid);
-        let held: Vec<_> = {
+        let (held, abandoned) = {
             let mut pending = lock(&pending);
             pending.gone = Some(how.clone());
-            pending.calls.drain().map(|(_, call)| call.on_answer).collect()
+            (std::mem::take(&mut pending.calls), std::mem::take(&mut pending.abandoned))
         };
-        for on_answer in held {
-            on_answer(CallOutcome::Crashed(how.clone()));
+        // Unless the answers could not all be read, a call behind as many
+        // unanswered ones (abandoned ones included) as the worker has
+        // threads was never taken.
+        for (position, (id, call)) in held.into_iter().enumerate() {
+            let calls_ahead = position + abandoned.range(..id).count();
+            (call.on_answer)(if answers_read && calls_ahead >= self.threads as usize {
+                CallOutcome::NotStarted(how.clone())
+            } else {
+                CallOutcome::Crashed(how.clone())
+            });
         }
         self.records.remove(self.pid);
         let _ = self.exits.send(WorkerExit { id: self.id, status });
     }
+}
+
+/// How a worker's connections end: `closed` fires when either closes,
+/// `call_reader` once every answer on the call connection has been read.
+pub(super) struct Ends {
+    closed: mpsc::Receiver<Option<std::io::Error>>,
+    call_reader: tokio::task::JoinHandle<()>,
 }
 
 /// Writes one connection's frames in order. A frame goes straight onto the

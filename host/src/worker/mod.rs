@@ -20,7 +20,7 @@ mod records;
 mod spawn;
 mod start;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +76,11 @@ pub enum CallOutcome {
     Failed(WorkerError),
     /// The worker died before answering; says how.
     Crashed(String),
+    /// The worker died before any of its threads took the call (it waited
+    /// behind as many unanswered calls as the worker has threads), or was
+    /// gone when the call was sent: the call never ran, and may run
+    /// elsewhere. Says how the worker ended.
+    NotStarted(String),
     /// The caller stopped waiting ([`WorkerHandle::abandon`]); a late
     /// answer is dropped.
     Abandoned,
@@ -109,7 +114,13 @@ pub struct WorkerExit {
 /// them, and its driver fails the rest when the process is gone.
 #[derive(Default)]
 struct Pending {
-    calls: HashMap<u64, PendingCall>,
+    /// By request id. The pool numbers calls in the order it sends them,
+    /// and the worker's threads take them off the socket in that order, so
+    /// only the lowest `threads` ids can have started.
+    calls: BTreeMap<u64, PendingCall>,
+    /// Calls given up on ([`WorkerHandle::abandon`]) that have not
+    /// answered: each may still hold one of the worker's threads.
+    abandoned: BTreeSet<u64>,
     /// Set once the worker is gone: how it ended.
     gone: Option<String>,
 }
@@ -141,7 +152,7 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     /// Sends a call; `on_chunk` (for a streaming call) gets its chunks and
     /// `on_answer` its outcome. If the worker is gone `on_answer` gets
-    /// `Crashed` at once.
+    /// `NotStarted` at once. Ids must grow from call to call.
     pub fn call(&self, call: Call, on_chunk: Option<OnChunk>, on_answer: OnAnswer) {
         let id = call.id;
         let frame = match Frame::Call(call).encode() {
@@ -159,7 +170,7 @@ impl WorkerHandle {
         let mut pending = lock(&self.pending);
         if let Some(how) = pending.gone.clone() {
             drop(pending);
-            on_answer(CallOutcome::Crashed(how));
+            on_answer(CallOutcome::NotStarted(how));
             return;
         }
         pending.calls.insert(id, PendingCall { on_answer, on_chunk });
@@ -172,7 +183,14 @@ impl WorkerHandle {
     /// Stops waiting for call `id`: its [`OnAnswer`] gets `Abandoned` now,
     /// unless the call already ended (then `false`).
     pub fn abandon(&self, id: u64) -> bool {
-        let taken = lock(&self.pending).calls.remove(&id);
+        let taken = {
+            let mut pending = lock(&self.pending);
+            let taken = pending.calls.remove(&id);
+            if taken.is_some() {
+                pending.abandoned.insert(id);
+            }
+            taken
+        };
         match taken {
             Some(call) => {
                 (call.on_answer)(CallOutcome::Abandoned);

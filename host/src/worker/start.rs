@@ -155,9 +155,16 @@ pub async fn start(
             let pending = SharedPending::default();
             let last_pong = Arc::new(AtomicU64::new(0));
             let (kill, kill_requests) = mpsc::unbounded_channel();
-            let driver = Driver { id: spec.id, pool: spec.pool.clone(), pid, records: records.clone(), exits };
-            let (calls, control, closed) = driver.spawn_io(connections, pending.clone(), last_pong.clone());
-            tokio::spawn(driver.run(child, closed, kill_requests, pending.clone()));
+            let driver = Driver {
+                id: spec.id,
+                pool: spec.pool.clone(),
+                pid,
+                threads: spec.threads,
+                records: records.clone(),
+                exits,
+            };
+            let (calls, control, ends) = driver.spawn_io(connections, pending.clone(), last_pong.clone());
+            tokio::spawn(driver.run(child, ends, kill_requests, pending.clone()));
             return Ok(WorkerHandle { pid, hello, pending, calls, control, last_pong, kill });
         }
         Err((reason, true)) => reason,

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{Caller, Completion, Core, Effect, Queued};
+use super::{Caller, Completion, Core, Effect, Queued, Sent, Worker};
 use crate::config::Profile;
 use crate::pool::call::{CallError, CallRequest, ErrorKind};
 use crate::pool::lifecycle::Reason;
@@ -99,12 +99,12 @@ impl<R: Caller> Core<R> {
     /// Asks the router where `request` goes, showing it every worker (a
     /// retry's `avoid` as draining, so it lands elsewhere).
     fn decide(&mut self, request: &RequestView, avoid: Option<u32>, now: Instant) -> Decision {
-        let capacity = self.threads();
+        let capacity = self.threads() + self.reserve();
         self.views.clear();
         self.views.extend(self.workers.iter().map(|w| WorkerView {
             id: w.id,
             capacity,
-            in_flight: w.in_flight,
+            in_flight: w.in_flight(),
             served: w.served,
             age_ms: now.duration_since(w.spawned_at).as_millis() as u64,
             rss_bytes: w.rss_bytes,
@@ -123,11 +123,6 @@ impl<R: Caller> Core<R> {
     }
 
     fn dispatch(&mut self, worker_id: u32, queued: Queued<R>, now: Instant) {
-        let worker = self.worker_mut(worker_id).expect("decide only answers with workers that have room");
-        worker.in_flight += 1;
-        worker.dispatched += 1;
-        let used_up = worker.limits.calls_used_up(worker.dispatched);
-        let nearly_used_up = worker.limits.calls_nearly_used_up(worker.dispatched);
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let Queued { request, reply, enqueued_at, .. } = queued;
@@ -136,19 +131,14 @@ impl<R: Caller> Core<R> {
         // A caller may ask for less time than the pool allows, never more.
         let timeout =
             request.timeout.map_or(self.config.request_timeout, |asked| asked.min(self.config.request_timeout));
-        let deadline = now + timeout;
-        self.call_deadlines.insert((deadline, request_id, worker_id));
+        let worker = self.worker_mut(worker_id).expect("decide only answers with workers that have room");
+        worker.sent.push_back(Sent { request_id, timeout, deadline: None });
+        worker.dispatched += 1;
+        let used_up = worker.limits.calls_used_up(worker.dispatched);
+        let nearly_used_up = worker.limits.calls_nearly_used_up(worker.dispatched);
+        self.arm_started(worker_id, now);
         let queued = now.duration_since(enqueued_at);
-        self.effects.push(Effect::Call {
-            worker: worker_id,
-            request_id,
-            request,
-            reply,
-            deadline,
-            timeout,
-            queued,
-            retry,
-        });
+        self.effects.push(Effect::Call { worker: worker_id, request_id, request, reply, timeout, queued, retry });
         if used_up {
             self.retire(worker_id, Reason::MaxRequests, now);
         } else if nearly_used_up {
@@ -156,8 +146,53 @@ impl<R: Caller> Core<R> {
         }
     }
 
+    /// Starts the request timeout of each call on `worker_id` that may have
+    /// started by `now`: its `threads` oldest. A process worker's thread
+    /// takes the next call as it sends an answer, so the call behind starts
+    /// when the core hears of that answer, give or take the answer's trip.
+    fn arm_started(&mut self, worker_id: u32, now: Instant) {
+        let threads = self.threads() as usize;
+        let Some(worker) = self.workers.iter_mut().find(|w| w.id == worker_id) else { return };
+        for sent in worker.sent.iter_mut().take(threads).filter(|sent| sent.deadline.is_none()) {
+            let deadline = now + sent.timeout;
+            sent.deadline = Some(deadline);
+            self.call_deadlines.insert((deadline, sent.request_id, worker_id));
+        }
+    }
+
+    /// Takes call `request_id` off `worker_id` with its deadline, and
+    /// starts the clock of the call that moves up in its place.
+    fn take_off(&mut self, worker_id: u32, request_id: u64, now: Instant) {
+        let Some(worker) = self.workers.iter_mut().find(|w| w.id == worker_id) else { return };
+        let Some(position) = worker.sent.iter().position(|sent| sent.request_id == request_id) else { return };
+        let sent = worker.sent.remove(position).expect("the position exists");
+        if let Some(deadline) = sent.deadline {
+            self.call_deadlines.remove(&(deadline, request_id, worker_id));
+        }
+        self.arm_started(worker_id, now);
+    }
+
+    /// Forgets the deadlines of the calls on a worker that is gone; their
+    /// outcomes come from its driver.
+    pub(super) fn forget_calls(&mut self, worker: &Worker) {
+        for sent in &worker.sent {
+            if let Some(deadline) = sent.deadline {
+                self.call_deadlines.remove(&(deadline, sent.request_id, worker.id));
+            }
+        }
+    }
+
     pub(super) fn finished(&mut self, call: Completion, now: Instant) {
-        let Completion { worker: worker_id, tool, error, latency, timed_out, .. } = call;
+        let Completion { worker: worker_id, request_id, tool, error, latency, timed_out, started } = call;
+        self.take_off(worker_id, request_id, now);
+        if !started {
+            // Its worker is gone: the call comes back as a new submission.
+            if let Some(worker) = self.worker_mut(worker_id) {
+                worker.lost = true;
+            }
+            self.advance_recycles(now);
+            return;
+        }
         self.served += 1;
         let ok = error.is_none();
         match &error {
@@ -168,7 +203,6 @@ impl<R: Caller> Core<R> {
             }
         }
         if let Some(worker) = self.worker_mut(worker_id) {
-            worker.in_flight -= 1;
             worker.served += 1;
             if let Some(error) = error {
                 worker.lost |= error.kind == ErrorKind::WorkerCrashed;

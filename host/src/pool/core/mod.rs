@@ -69,14 +69,16 @@ pub(super) enum Input<R> {
 pub(super) struct Completion {
     pub worker: u32,
     pub request_id: u64,
-    /// The call's deadline, as [`Effect::Call`] gave it.
-    pub deadline: Instant,
     pub tool: String,
     /// `None` for a call that succeeded.
     pub error: Option<CallError>,
     pub latency: Duration,
     /// The call was abandoned at its deadline ([`Effect::Abandon`]).
     pub timed_out: bool,
+    /// False when the worker died before it took the call (it waited in
+    /// reserve): the call is placed again, and counts as neither served
+    /// nor failed.
+    pub started: bool,
 }
 
 /// A worker that said hello.
@@ -104,13 +106,12 @@ pub(super) struct Sample {
 pub(super) enum Effect<R> {
     /// Start a worker process; report with [`Input::Started`].
     Start(WorkerSpec),
-    /// Send a call; report with [`Input::Finished`], echoing `deadline`.
+    /// Send a call; report with [`Input::Finished`].
     Call {
         worker: u32,
         request_id: u64,
         request: CallRequest,
         reply: R,
-        deadline: Instant,
         timeout: Duration,
         /// How long it waited in the queue.
         queued: Duration,
@@ -186,7 +187,9 @@ struct Worker {
     phase: Phase,
     /// 0 while starting.
     pid: u32,
-    in_flight: u32,
+    /// Calls sent to it and not ended, oldest first: its `threads` oldest
+    /// may be running, the rest wait in reserve (`calls_in_reserve`).
+    sent: VecDeque<Sent>,
     /// Calls handed to it, answered or not.
     dispatched: u64,
     served: u64,
@@ -208,7 +211,21 @@ struct Worker {
     lost: bool,
 }
 
+/// A call on a worker.
+struct Sent {
+    request_id: u64,
+    timeout: Duration,
+    /// When it is abandoned. Set once the call may have started: a call in
+    /// reserve waits behind others, and its time does not run yet.
+    deadline: Option<Instant>,
+}
+
 impl Worker {
+    /// Calls on it, running or in reserve.
+    fn in_flight(&self) -> u32 {
+        self.sent.len() as u32
+    }
+
     fn has_started(&self) -> bool {
         self.phase != Phase::Starting
     }
@@ -343,10 +360,7 @@ impl<R: Caller> Core<R> {
     pub fn on(&mut self, input: Input<R>, now: Instant) -> std::vec::Drain<'_, Effect<R>> {
         match input {
             Input::Submit { request, reply, avoid } => self.submit(request, reply, avoid, now),
-            Input::Finished(call) => {
-                self.call_deadlines.remove(&(call.deadline, call.request_id, call.worker));
-                self.finished(call, now);
-            }
+            Input::Finished(call) => self.finished(call, now),
             Input::Started { id, outcome } => self.started(id, outcome, now),
             Input::Exited { id, status } => self.exited(id, &status, now),
             Input::Health(samples) => self.health_round(&samples, now),
@@ -409,6 +423,16 @@ impl<R: Caller> Core<R> {
         match self.profile {
             Profile::Process => 1,
             Profile::Thread => self.config.threads_per_worker,
+        }
+    }
+
+    /// Calls each worker may hold beyond those it runs. Only process
+    /// workers hold calls in reserve: their one thread takes calls in the
+    /// order sent, so the core knows which has started.
+    fn reserve(&self) -> u32 {
+        match self.profile {
+            Profile::Process => self.config.calls_in_reserve,
+            Profile::Thread => 0,
         }
     }
 }

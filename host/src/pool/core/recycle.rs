@@ -76,7 +76,7 @@ impl<R: Caller> Core<R> {
         let started: Vec<u32> = self.workers.iter().filter(|w| w.has_started()).map(|w| w.id).collect();
         for worker in &mut self.workers {
             let Phase::Draining { reason, replacement: Some(replacement) } = worker.phase else { continue };
-            if worker.in_flight == 0 && started.contains(&replacement) {
+            if worker.in_flight() == 0 && started.contains(&replacement) {
                 self.effects.push(Effect::Stop { worker: worker.id });
                 worker.phase = Phase::Stopping { reason, next: now + STOP_STEP, signals_sent: 0 };
             }
@@ -205,6 +205,7 @@ impl<R: Caller> Core<R> {
     pub(super) fn exited(&mut self, id: u32, status: &str, now: Instant) {
         let Some(position) = self.workers.iter().position(|w| w.id == id) else { return };
         let worker = self.workers.remove(position);
+        self.forget_calls(&worker);
         self.forget_replacement(id);
         if self.shutdown.is_some() {
             return;

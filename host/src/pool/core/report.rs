@@ -3,11 +3,13 @@
 use super::Caller;
 use std::time::Instant;
 
-use super::Core;
+use super::{Core, Worker};
 use crate::pool::status::{PoolStatus, WorkerStatus};
 
 impl<R: Caller> Core<R> {
     pub fn status(&self, now: Instant) -> PoolStatus {
+        let threads = self.threads();
+        let running = |w: &Worker| w.in_flight().min(threads);
         let count = |name: &str| self.workers.iter().filter(|w| w.state_name() == name).count() as u32;
         PoolStatus {
             name: self.config.name.clone(),
@@ -18,7 +20,8 @@ impl<R: Caller> Core<R> {
             ready: self.workers.iter().filter(|w| w.is_serving()).count() as u32,
             starting: count("starting"),
             draining: count("draining"),
-            in_flight: self.workers.iter().map(|w| w.in_flight).sum(),
+            in_flight: self.workers.iter().map(running).sum(),
+            reserved: self.workers.iter().map(|w| w.in_flight() - running(w)).sum(),
             queued: self.queue.len() as u32,
             capacity: self.workers.iter().filter(|w| w.is_serving()).count() as u32 * self.threads(),
             served: self.served,
@@ -38,7 +41,8 @@ impl<R: Caller> Core<R> {
                     pid: w.pid,
                     state: w.state_name(),
                     ready: w.is_serving(),
-                    in_flight: w.in_flight,
+                    in_flight: running(w),
+                    reserved: w.in_flight() - running(w),
                     capacity: self.threads(),
                     served: w.served,
                     rss_bytes: w.rss_bytes,

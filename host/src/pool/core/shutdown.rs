@@ -45,7 +45,7 @@ impl<R: Caller> Core<R> {
         let effects: Vec<Effect<R>> = match &mut self.shutdown {
             None => return,
             Some(Shutdown::Draining { until }) => {
-                if *until > now && self.workers.iter().any(|w| w.in_flight > 0) {
+                if *until > now && self.workers.iter().any(|w| w.in_flight() > 0) {
                     return;
                 }
                 self.shutdown = Some(Shutdown::Stopping { next: now + STOP_STEP, escalated: false });

@@ -3,6 +3,7 @@
 //! to process workers when its first workers cannot start.
 
 use super::Caller;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{Core, Effect, Phase, Worker, WorkerReady};
@@ -20,7 +21,7 @@ impl<R: Caller> Core<R> {
             id,
             phase: Phase::Starting,
             pid: 0,
-            in_flight: 0,
+            sent: VecDeque::new(),
             dispatched: 0,
             served: 0,
             spawned_at: now,

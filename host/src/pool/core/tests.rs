@@ -119,30 +119,22 @@ impl Harness {
         self.on(Input::Exited { id, status: "killed by signal 9 (SIGKILL)".into() })
     }
 
+    /// Reports how `call` ended, as the driver does.
+    fn end(&mut self, call: &Call, error: Option<CallError>, timed_out: bool, started: bool) -> &[Effect<CallerId>] {
+        let (worker, request_id, tool, latency) =
+            (call.worker, call.request_id, "echo".into(), Duration::from_millis(1));
+        self.on(Input::Finished(Completion { worker, request_id, tool, error, latency, timed_out, started }))
+    }
+
     /// Finishes the call `Effect::Call` sent to `worker` for `caller`.
     fn finish(&mut self, call: &Call, ok: bool) -> &[Effect<CallerId>] {
-        self.on(Input::Finished(Completion {
-            worker: call.worker,
-            request_id: call.request_id,
-            deadline: call.deadline,
-            tool: "echo".into(),
-            error: (!ok).then(|| CallError::new(ErrorKind::Exception, "it raised")),
-            latency: Duration::from_millis(1),
-            timed_out: false,
-        }))
+        self.end(call, (!ok).then(|| CallError::new(ErrorKind::Exception, "it raised")), false, true)
     }
 
     /// Ends `call` as its worker's connection does when the process dies.
     fn crash(&mut self, call: &Call) -> &[Effect<CallerId>] {
-        self.on(Input::Finished(Completion {
-            worker: call.worker,
-            request_id: call.request_id,
-            deadline: call.deadline,
-            tool: "echo".into(),
-            error: Some(CallError::new(ErrorKind::WorkerCrashed, "the worker crashed: killed by signal 9")),
-            latency: Duration::from_millis(1),
-            timed_out: false,
-        }))
+        let error = CallError::new(ErrorKind::WorkerCrashed, "the worker crashed: killed by signal 9");
+        self.end(call, Some(error), false, true)
     }
 
     fn status(&self) -> crate::pool::PoolStatus {
@@ -156,16 +148,13 @@ struct Call {
     worker: u32,
     request_id: u64,
     caller: CallerId,
-    deadline: Instant,
 }
 
 fn calls(effects: &[Effect<CallerId>]) -> Vec<Call> {
     effects
         .iter()
         .filter_map(|e| match *e {
-            Effect::Call { worker, request_id, reply, deadline, .. } => {
-                Some(Call { worker, request_id, caller: reply, deadline })
-            }
+            Effect::Call { worker, request_id, reply, .. } => Some(Call { worker, request_id, caller: reply }),
             _ => None,
         })
         .collect()
@@ -341,22 +330,55 @@ fn a_call_past_its_deadline_is_abandoned_and_its_process_worker_killed() {
     let mut pool = Harness::new("size = 1\nrequest_timeout = \"2s\"");
     pool.ready(0);
     let call = calls(pool.submit(1))[0];
-    assert_eq!(call.deadline, pool.now + Duration::from_secs(2));
+    assert_eq!(pool.core.next_deadline(), Some(pool.now + Duration::from_secs(2)));
     let effects = pool.advance(Duration::from_secs(2));
     assert!(matches!(effects, [Effect::Abandon { worker: 0, request_id }] if *request_id == call.request_id));
-    let effects = pool.on(Input::Finished(Completion {
-        worker: 0,
-        request_id: call.request_id,
-        deadline: call.deadline,
-        tool: "echo".into(),
-        error: Some(CallError::new(ErrorKind::Timeout, "no answer")),
-        latency: Duration::from_secs(2),
-        timed_out: true,
-    }));
+    let effects = pool.end(&call, Some(CallError::new(ErrorKind::Timeout, "no answer")), true, true);
     assert!(effects.iter().any(|e| matches!(e, Effect::Kill { worker: 0 })), "{effects:?}");
     assert_eq!(starts(pool.exit(0)), [1], "its exit starts the replacement");
     assert_eq!(pool.status().recycles.get(Reason::Timeout), 1);
     assert_eq!(pool.router.completions.lock().unwrap().as_slice(), [(0, false)]);
+}
+
+#[test]
+fn a_process_worker_holds_calls_in_reserve_whose_clock_starts_when_they_do() {
+    let mut pool = Harness::new("size = 1\ncalls_in_reserve = 2\nrequest_timeout = \"2s\"");
+    pool.ready(0);
+    let first = calls(pool.submit(1))[0];
+    assert_eq!(calls(pool.submit(2)).len(), 1, "the second call goes to the busy worker");
+    assert_eq!(calls(pool.submit(3)).len(), 1);
+    assert!(calls(pool.submit(4)).is_empty(), "queued: one running and two in reserve fill the worker");
+    let status = pool.status();
+    assert_eq!((status.in_flight, status.reserved, status.queued), (1, 2, 1));
+    assert_eq!((status.workers[0].in_flight, status.workers[0].reserved), (1, 2));
+    assert_eq!(pool.core.next_deadline(), Some(pool.now + Duration::from_secs(2)), "only the running call's clock");
+
+    pool.now += Duration::from_millis(1500);
+    let effects = pool.finish(&first, true);
+    assert_eq!(calls(effects).iter().map(|c| c.caller).collect::<Vec<_>>(), [4], "the queued call takes the place");
+    assert_eq!(pool.core.next_deadline(), Some(pool.now + Duration::from_secs(2)), "the second call starts now");
+    assert!(pool.advance(Duration::from_millis(1999)).is_empty(), "3.5 s after it was sent, 2 s after it started");
+    assert!(matches!(pool.advance(Duration::from_millis(1)), [Effect::Abandon { worker: 0, .. }]));
+}
+
+#[test]
+fn a_call_its_dead_worker_never_started_counts_as_neither_served_nor_failed() {
+    let mut pool = Harness::new("size = 2\ncalls_in_reserve = 1");
+    pool.ready(0);
+    pool.ready(1);
+    let sent: Vec<Call> = (1..=4).flat_map(|caller| calls(pool.submit(caller))).collect();
+    assert_eq!(sent.iter().map(|c| c.worker).collect::<Vec<_>>(), [0, 1, 0, 1], "least loaded, reserve included");
+    pool.crash(&sent[0]);
+    assert!(calls(pool.end(&sent[2], None, false, false)).is_empty());
+    let status = pool.status();
+    assert_eq!((status.served, status.failed, status.workers[0].in_flight), (1, 1, 0));
+    assert_eq!(
+        pool.router.completions.lock().unwrap().as_slice(),
+        [(0, false)],
+        "the router hears of the call that ran"
+    );
+    assert!(calls(pool.submit(5)).is_empty(), "worker 0 is lost and worker 1 full: the new call waits");
+    assert_eq!(starts(pool.exit(0)), [2]);
 }
 
 #[test]
