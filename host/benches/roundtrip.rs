@@ -2,7 +2,8 @@
 //! run with the same Python function (benches/workloads.py):
 //!
 //! - pitboss through the embedded `Host`, and through `pitboss.v1` gRPC on
-//!   loopback from a client on a runtime of its own;
+//!   loopback from a client on a runtime of its own; both again on a pool
+//!   with `calls_in_reserve = 4` (sequential and closed loops only);
 //! - `concurrent.futures.ProcessPoolExecutor` and `multiprocessing.Pool`
 //!   (benches/ppe_baseline.py), and a Ray actor pool (benches/ray_baseline.py),
 //!   both with the payloads below too (benches/timing.py);
@@ -41,9 +42,17 @@ use bytes::Bytes;
 use harness::{closed_loop, open_loop, root, sequential, Figure, Latencies, Results, POOL};
 use pitboss::api::Client;
 use pitboss::pool::CallRequest;
+use pitboss::Host;
 use serde_json::Value;
 
 const IN_FLIGHT: [usize; 3] = [1, 8, 32];
+/// `calls_in_reserve` of the second pool measured: at 32 in flight on 2
+/// workers it keeps each worker's next call waiting on its socket. The
+/// names below and the target names say it too.
+const RESERVE: u32 = 4;
+/// The systems measured on the pool with `calls_in_reserve = RESERVE`.
+const RESERVE_EMBEDDED: &str = "embedded, 4 in reserve";
+const RESERVE_GRPC: &str = "gRPC, 4 in reserve";
 const WORKERS: [u32; 2] = [1, 2];
 const PAYLOADS: [(&str, usize); 3] = [("0 B", 0), ("1 KiB", 1 << 10), ("1 MiB", 1 << 20)];
 /// The open-loop runs' arrival rates, as fractions of the path's
@@ -86,6 +95,8 @@ fn main() {
         let systems = Systems {
             embedded: pool.embedded.measured.record(&mut results, "embedded", workers),
             grpc: pool.grpc.measured.record(&mut results, "gRPC", workers),
+            reserve_embedded: pool.reserve_embedded.record(&mut results, RESERVE_EMBEDDED, workers),
+            reserve_grpc: pool.reserve_grpc.record(&mut results, RESERVE_GRPC, workers),
             tonic: pool.tonic.record(&mut results, "tonic↔tonic floor", workers),
             grpcio: grpcio.record(&mut results, "grpcio worker", workers),
             ppe: from_python(&ppe[index], &mut results, "ProcessPoolExecutor", workers),
@@ -118,6 +129,8 @@ fn main() {
 struct Systems {
     embedded: Figures,
     grpc: Figures,
+    reserve_embedded: Figures,
+    reserve_grpc: Figures,
     tonic: Figures,
     grpcio: Figures,
     ppe: Figures,
@@ -134,6 +147,8 @@ impl Systems {
         let rows = [
             ("embedded", Some(&self.embedded)),
             ("gRPC", Some(&self.grpc)),
+            (RESERVE_EMBEDDED, Some(&self.reserve_embedded)),
+            (RESERVE_GRPC, Some(&self.reserve_grpc)),
             ("tonic↔tonic floor", Some(&self.tonic)),
             ("grpcio worker", Some(&self.grpcio)),
             ("ProcessPoolExecutor", Some(&self.ppe)),
@@ -168,8 +183,18 @@ impl Systems {
             ),
             ("gRPC p50 / ProcessPoolExecutor p50", grpc.p50_us / self.ppe.p50_us, Bound::AtMost(0.6)),
             ("embedded / multiprocessing.Pool, 32 in flight", at_32(embedded) / self.mp_pool, Bound::AtLeast(1.0)),
+            (
+                "embedded, 4 in reserve / multiprocessing.Pool, 32 in flight",
+                at_32(&self.reserve_embedded) / self.mp_pool,
+                Bound::AtLeast(1.0),
+            ),
             ("embedded / ProcessPoolExecutor, 32 in flight", at_32(embedded) / at_32(&self.ppe), Bound::AtLeast(2.0)),
             ("gRPC / embedded, 32 in flight", at_32(grpc) / at_32(embedded), Bound::AtLeast(0.7)),
+            (
+                "gRPC / embedded, both 4 in reserve, 32 in flight",
+                at_32(&self.reserve_grpc) / at_32(&self.reserve_embedded),
+                Bound::AtLeast(0.7),
+            ),
         ];
         if let Some(ray) = &self.ray {
             targets.push(("embedded p50 / Ray actors p50", embedded.p50_us / ray.p50_us, Bound::AtMost(0.1)));
@@ -531,58 +556,82 @@ struct PoolFigures {
     embedded: PathFigures,
     grpc: PathFigures,
     tonic: Measured,
+    /// Both paths on a pool whose workers hold `RESERVE` calls in reserve.
+    reserve_embedded: Measured,
+    reserve_grpc: Measured,
+}
+
+/// One call of the bench's own, boxed so that one closure type serves
+/// every host it is made for.
+type BenchCall = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn embedded_noop(host: &Arc<Host>) -> impl Fn() -> BenchCall + Clone + Send + 'static {
+    let host = host.clone();
+    move || {
+        let host = host.clone();
+        Box::pin(async move {
+            host.execute(POOL, CallRequest::json("noop", "{}")).await.expect("noop succeeds");
+        })
+    }
+}
+
+fn grpc_noop(client: &Client) -> impl Fn() -> BenchCall + Clone + Send + 'static {
+    let client = client.clone();
+    move || {
+        let mut client = client.clone();
+        Box::pin(async move {
+            client.execute(POOL, CallRequest::json("noop", "{}")).await.expect("noop succeeds over gRPC");
+        })
+    }
+}
+
+/// `host` serving `pitboss.v1` on a loopback port.
+struct Api {
+    address: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Api {
+    async fn serve(host: &Arc<Host>) -> Api {
+        let listener = pitboss::api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = pitboss::api::serve(host.clone(), listener, async {
+            let _ = stopped.await;
+        });
+        let server = tokio::spawn(async move { serving.await.expect("the API serves") });
+        Api { address, stop, server }
+    }
+
+    async fn stop(self, host: &Host) {
+        let _ = self.stop.send(());
+        host.shutdown().await;
+        let _ = self.server.await;
+    }
 }
 
 async fn measure_pool(workers: u32, calls: usize, python: &Path) -> PoolFigures {
     let workloads = root().join("host/benches");
     let settings = format!("size = {workers}");
     let (_dir, host) = harness::start_pool(python, "workloads:Workloads", &workloads, &settings).await;
-
-    let noop = {
-        let host = host.clone();
-        move || {
-            let host = host.clone();
-            async move {
-                host.execute(POOL, CallRequest::json("noop", "{}")).await.expect("noop succeeds");
-            }
-        }
-    };
     let stamp = |body: Bytes| {
         let host = host.clone();
         async move { host.execute(POOL, CallRequest::json("stamp", body)).await.expect("stamp succeeds").payload }
     };
-    let embedded = PathFigures::run(calls, noop, stamp).await;
+    let embedded = PathFigures::run(calls, embedded_noop(&host), stamp).await;
 
-    let listener = pitboss::api::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(pitboss::api::serve(host.clone(), listener, async {
-        let _ = stopped.await;
-    }));
-    let grpc =
-        as_another_program(async move {
-            let client = Client::connect(address).await.unwrap();
-            let noop = {
-                let client = client.clone();
-                move || {
-                    let mut client = client.clone();
-                    async move {
-                        client
-                            .execute("bench", CallRequest::json("noop", "{}"))
-                            .await
-                            .expect("noop succeeds over gRPC");
-                    }
-                }
-            };
-            let stamp = |body: Bytes| {
-                let mut client = client.clone();
-                async move {
-                    client.execute(POOL, CallRequest::json("stamp", body)).await.expect("stamp over gRPC").payload
-                }
-            };
-            PathFigures::run(calls, noop, stamp).await
-        })
-        .await;
+    let api = Api::serve(&host).await;
+    let address = api.address;
+    let grpc = as_another_program(async move {
+        let client = Client::connect(address).await.unwrap();
+        let stamp = |body: Bytes| {
+            let mut client = client.clone();
+            async move { client.execute(POOL, CallRequest::json("stamp", body)).await.expect("stamp over gRPC").payload }
+        };
+        PathFigures::run(calls, grpc_noop(&client), stamp).await
+    })
+    .await;
     let tonic = as_another_program(async move {
         let channel = tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap().connect().await;
         let health = tonic_health::pb::health_client::HealthClient::new(channel.unwrap());
@@ -596,10 +645,20 @@ async fn measure_pool(workers: u32, calls: usize, python: &Path) -> PoolFigures 
         .await
     })
     .await;
-    let _ = stop.send(());
-    host.shutdown().await;
-    let _ = server.await;
-    PoolFigures { embedded, grpc, tonic }
+    api.stop(&host).await;
+
+    let settings = format!("size = {workers}\ncalls_in_reserve = {RESERVE}");
+    let (_dir, host) = harness::start_pool(python, "workloads:Workloads", &workloads, &settings).await;
+    let reserve_embedded = Measured::run(calls, embedded_noop(&host)).await;
+    let api = Api::serve(&host).await;
+    let address = api.address;
+    let reserve_grpc =
+        as_another_program(
+            async move { Measured::run(calls, grpc_noop(&Client::connect(address).await.unwrap())).await },
+        )
+        .await;
+    api.stop(&host).await;
+    PoolFigures { embedded, grpc, tonic, reserve_embedded, reserve_grpc }
 }
 
 /// Runs a network client's measurement on a runtime of its own, on a
