@@ -105,7 +105,9 @@ impl Driver {
                     (taken.on_answer)(outcome);
                 }
             };
+            let clean_end = ended.is_none();
             let _ = closed_by_calls.send(ended).await;
+            clean_end
         });
         tokio::spawn(async move {
             let ended = loop {
@@ -168,7 +170,8 @@ impl Driver {
             Ok(status) => describe_exit(status),
             Err(err) => format!("could not be waited for ({err})"),
         };
-        let answers_read = tokio::time::timeout(ANSWERS_AFTER_EXIT, call_reader).await.is_ok();
+        // A reader stopped by a bad frame left whatever followed it unread.
+        let answers_read = matches!(tokio::time::timeout(ANSWERS_AFTER_EXIT, call_reader).await, Ok(Ok(true)));
         let how = format!("worker {} (pid {}) {status}", self.id, self.pid);
         let (held, abandoned) = {
             let mut pending = lock(&pending);
@@ -191,11 +194,12 @@ impl Driver {
     }
 }
 
-/// How a worker's connections end: `closed` fires when either closes,
-/// `call_reader` once every answer on the call connection has been read.
+/// How a worker's connections end: `closed` fires when either closes;
+/// `call_reader` ends with the call connection's reader, true when it read
+/// every answer up to the end of the stream.
 pub(super) struct Ends {
     closed: mpsc::Receiver<Option<std::io::Error>>,
-    call_reader: tokio::task::JoinHandle<()>,
+    call_reader: tokio::task::JoinHandle<bool>,
 }
 
 /// Writes one connection's frames in order. A frame goes straight onto the
