@@ -92,6 +92,9 @@ impl Driver {
                         continue;
                     }
                     Ok(None) => break None,
+                    // A worker killed with calls unread in its socket resets
+                    // the connection, after everything it sent was read.
+                    Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break None,
                     Err(err) => break Some(err),
                 };
                 // An answer to a call nobody waits for any more (it was
