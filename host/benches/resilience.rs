@@ -8,7 +8,10 @@
 //! - A tool that is not idempotent: calls fail only with `worker_crashed`,
 //!   and only the one running on the killed worker (no call is sent to a
 //!   worker whose connection is gone).
-//! - Both: no call hangs (30 s each at most), none gets another's answer,
+//! - The same tool on a pool whose workers hold 2 calls in reserve
+//!   (`calls_in_reserve`): still only the running call fails with its
+//!   worker; the calls in reserve behind it run on other workers.
+//! - All: no call hangs (30 s each at most), none gets another's answer,
 //!   the pool is back to its size at the end, and the host's RSS at the end
 //!   is within 10% of its RSS after the warm-up.
 //! - `pitboss serve` killed with SIGKILL mid-load: no worker left after
@@ -105,8 +108,10 @@ fn main() -> ExitCode {
     let scale = if smoke { Scale { calls: 400, callers: 16 } } else { Scale { calls: 20_000, callers: 16 } };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let started = Instant::now();
-    let idempotent = runtime.block_on(chaos_run(&scale, "idempotent, retries = 3", "lookup"));
-    let not_idempotent = runtime.block_on(chaos_run(&scale, "not idempotent", "charge"));
+    let idempotent = runtime.block_on(chaos_run(&scale, "idempotent, retries = 3", "lookup", ""));
+    let not_idempotent = runtime.block_on(chaos_run(&scale, "not idempotent", "charge", ""));
+    let reserve = runtime.block_on(chaos_run(&scale, "not idempotent, 2 in reserve", "charge", "calls_in_reserve = 2"));
+    let runs = [&idempotent, &not_idempotent, &reserve];
     let host_kill = runtime.block_on(kill_the_host());
     let hung = runtime.block_on(stop_a_worker());
 
@@ -116,7 +121,7 @@ fn main() -> ExitCode {
         scale.calls, scale.callers
     );
     println!(
-        "{:<24} {:>8} {:>9} {:>7} {:>6} {:>5} {:>6} {:>22} {:>13} {:>20} {:>8}",
+        "{:<30} {:>8} {:>9} {:>7} {:>6} {:>5} {:>6} {:>22} {:>13} {:>20} {:>8}",
         "case",
         "calls",
         "answered",
@@ -129,13 +134,13 @@ fn main() -> ExitCode {
         "host RSS warm → end",
         "took"
     );
-    for run in [&idempotent, &not_idempotent] {
+    for run in runs {
         let replaced = match percentiles(&run.replacements) {
             Some((p50, max)) => format!("{:.0} / {:.0} ms", p50.as_secs_f64() * 1e3, max.as_secs_f64() * 1e3),
             None => "-".to_owned(),
         };
         println!(
-            "{:<24} {:>8} {:>9} {:>7} {:>6} {:>5} {:>6} {:>22} {:>13} {:>20} {:>7.1}s",
+            "{:<30} {:>8} {:>9} {:>7} {:>6} {:>5} {:>6} {:>22} {:>13} {:>20} {:>7.1}s",
             run.label,
             run.calls,
             run.answered,
@@ -149,7 +154,7 @@ fn main() -> ExitCode {
             run.took.as_secs_f64()
         );
         if !run.failures.is_empty() {
-            println!("{:<24} failures by kind: {:?}", "", run.failures);
+            println!("{:<30} failures by kind: {:?}", "", run.failures);
         }
     }
     println!(
@@ -172,19 +177,19 @@ fn main() -> ExitCode {
     let rss_steady = |run: &Outcome| run.rss_at_end as f64 <= run.rss_after_warm_up as f64 * 1.10;
     let checks = [
         ("every idempotent call answered despite the kills", idempotent.failed() == 0),
-        ("no call got another call's answer", idempotent.wrong_answers + not_idempotent.wrong_answers == 0),
-        ("no call hung", idempotent.hung + not_idempotent.hung == 0),
+        ("no call got another call's answer", runs.iter().all(|run| run.wrong_answers == 0)),
+        ("no call hung", runs.iter().all(|run| run.hung == 0)),
         (
             "calls to a tool that is not idempotent fail only with worker_crashed",
-            not_idempotent.failures.keys().all(|kind| kind == "worker_crashed"),
+            [&not_idempotent, &reserve].iter().all(|run| run.failures.keys().all(|kind| kind == "worker_crashed")),
         ),
         (
-            "a kill fails only the call running on that worker (one per process worker)",
-            not_idempotent.failed() <= not_idempotent.kills,
+            "a kill fails only the call running on that worker (one per process worker), calls in reserve included",
+            [&not_idempotent, &reserve].iter().all(|run| run.failed() <= run.kills),
         ),
-        ("the chaos loop killed workers in both runs", idempotent.kills > 0 && not_idempotent.kills > 0),
-        ("each pool back to its size at the end", idempotent.back_to_size && not_idempotent.back_to_size),
-        ("host RSS at the end within 10% of after warm-up", rss_steady(&idempotent) && rss_steady(&not_idempotent)),
+        ("the chaos loop killed workers in every run", runs.iter().all(|run| run.kills > 0)),
+        ("each pool back to its size at the end", runs.iter().all(|run| run.back_to_size)),
+        ("host RSS at the end within 10% of after warm-up", runs.iter().all(|run| rss_steady(run))),
         ("no worker left 3 s after the host's SIGKILL", host_kill.left_after_3s == 0),
         ("a restarted host sweeps nothing and serves", host_kill.restart_swept_nothing && host_kill.restart_answered),
         (
@@ -195,7 +200,7 @@ fn main() -> ExitCode {
         ),
     ];
     let mut results = Results::new("resilience");
-    for run in [&idempotent, &not_idempotent] {
+    for run in runs {
         run.record(&mut results);
     }
     let host = Figure { case: "host SIGKILL mid-load", system: "pitboss serve", workers: POOL_SIZE, param: "" };
@@ -226,9 +231,9 @@ fn percentiles(samples: &[Duration]) -> Option<(Duration, Duration)> {
     Some((*sorted.get(sorted.len() / 2)?, *sorted.last()?))
 }
 
-async fn chaos_run(scale: &Scale, label: &'static str, tool: &'static str) -> Outcome {
+async fn chaos_run(scale: &Scale, label: &'static str, tool: &'static str, pool_settings: &str) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let settings = format!("size = {POOL_SIZE}\nretries = 3\nrequest_timeout = \"10s\"");
+    let settings = format!("size = {POOL_SIZE}\nretries = 3\nrequest_timeout = \"10s\"\n{pool_settings}");
     let config = support::config_for(dir.path(), "operations:Operations", &settings);
     let host = Arc::new(support::start_ready(config).await);
     let call = |nonce: String| CallRequest::json(tool, json!({"seconds": 0.001, "nonce": nonce}).to_string());
