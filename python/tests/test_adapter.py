@@ -19,7 +19,7 @@ from pitboss_worker.adapter import (
     tools_of_instance,
     tools_of_module,
 )
-from worker_harness import ADAPTERS_DIR, EXAMPLES_DIR
+from worker_harness import ADAPTERS_DIR, EXAMPLES_DIR, all_at_once
 
 
 @pytest.fixture
@@ -278,18 +278,7 @@ def test_thread_safe_adapter_locks():
 
     # Many threads asking for the same new lock at once all get one lock.
     c = A()
-    start = threading.Barrier(8)
-    got = []
-
-    def take():
-        start.wait()
-        got.append(c.locked("new"))
-
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = all_at_once(lambda: c.locked("new"))
     assert len(got) == 8 and len({id(lock) for lock in got}) == 1
 
 

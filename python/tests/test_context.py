@@ -10,6 +10,7 @@ from pitboss_worker import protocol as P
 
 from pitboss_worker import call_context, context
 from pitboss_worker.call_context import CallState, SessionStore, configure_sessions
+from worker_harness import all_at_once
 
 STREAMS = "streaming_tools:Streams"
 
@@ -137,18 +138,7 @@ def test_session_store_sweeps_at_most_once_a_second():
 
 def test_session_store_creates_one_dict_per_key_across_threads():
     store = SessionStore()
-    start = threading.Barrier(8)
-    got = []
-
-    def take():
-        start.wait()
-        got.append(store.state("k"))
-
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = all_at_once(lambda: store.state("k"))
     assert len(got) == 8 and len({id(d) for d in got}) == 1
 
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pitboss_worker
@@ -27,6 +28,24 @@ def short_tmpdir():
     """A fresh directory with a short path (AF_UNIX paths are limited to ~100 bytes)."""
     base = "/tmp" if os.path.isdir("/tmp") else None
     return tempfile.mkdtemp(prefix="pbw-", dir=base)
+
+
+def all_at_once(make, threads=8):
+    """What `make()` returned on each of `threads` threads released together
+    (a barrier), for checks that racing callers all get the same object."""
+    start = threading.Barrier(threads)
+    got = []
+
+    def take():
+        start.wait()
+        got.append(make())
+
+    runners = [threading.Thread(target=take) for _ in range(threads)]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join(TIMEOUT)
+    return got
 
 
 def worker_env():
