@@ -18,8 +18,8 @@
 mod harness;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use harness::POOL;
 use pitboss::pool::CallRequest;
@@ -34,43 +34,31 @@ async fn start_pool(python: &Path, settings: &str) -> (tempfile::TempDir, Arc<Ho
     harness::start_pool(python, "adapter:Example", &harness::root().join("examples"), settings).await
 }
 
+/// A load run's throughput and p99 (`harness::closed_loop`), and the calls
+/// that failed.
 struct Load {
     per_second: f64,
     p99_ms: f64,
     failed: usize,
 }
 
-/// `callers` callers each run `calls / callers` calls of `tool` back to back.
+/// `callers` callers share `calls` calls of `tool`, each back to back.
 async fn load(host: &Arc<Host>, tool: &str, args: &str, callers: usize, calls: usize) -> Load {
-    let started = Instant::now();
-    let lanes: Vec<_> = (0..callers)
-        .map(|_| {
-            let (host, tool, args) = (host.clone(), tool.to_owned(), args.to_owned());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut failed = 0;
-                for _ in 0..calls / callers {
-                    let call_started = Instant::now();
-                    if let Err(err) = host.execute(POOL, CallRequest::json(&tool, args.clone())).await {
-                        eprintln!("failed call: {err}");
-                        failed += 1;
-                    }
-                    latencies.push(call_started.elapsed().as_secs_f64() * 1e3);
+    let failed = Arc::new(AtomicUsize::new(0));
+    let call = {
+        let (host, failed, request) = (host.clone(), failed.clone(), CallRequest::json(tool, args.to_owned()));
+        move || {
+            let (host, failed, request) = (host.clone(), failed.clone(), request.clone());
+            async move {
+                if let Err(err) = host.execute(POOL, request).await {
+                    eprintln!("failed call: {err}");
+                    failed.fetch_add(1, Ordering::Relaxed);
                 }
-                (latencies, failed)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    let mut failed = 0;
-    for lane in lanes {
-        let (lane_latencies, lane_failed) = lane.await.unwrap();
-        latencies.extend(lane_latencies);
-        failed += lane_failed;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    Load { per_second: latencies.len() as f64 / elapsed, p99_ms: latencies[(latencies.len() - 1) * 99 / 100], failed }
+            }
+        }
+    };
+    let run = harness::closed_loop(callers, calls, call).await;
+    Load { per_second: run.per_second, p99_ms: run.latencies.us(0.99) / 1e3, failed: failed.load(Ordering::Relaxed) }
 }
 
 /// Total resident memory of the pool's worker processes now.

@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use harness::{closed_loop, root, Figure, Load, Results, POOL};
+use pitboss::config::Profile;
 use pitboss::pool::CallRequest;
 use serde_json::Value;
 
@@ -89,29 +90,32 @@ impl Work {
 struct System {
     name: String,
     python: PathBuf,
-    thread_profile: bool,
+    profile: Profile,
     works: &'static [&'static Work],
 }
 
 impl System {
-    fn new(thread_profile: bool, python: &Path, works: &'static [&'static Work]) -> System {
-        let profile = if thread_profile { "thread" } else { "process" };
+    fn new(profile: Profile, python: &Path, works: &'static [&'static Work]) -> System {
         let name = format!("pitboss {profile} ({})", interpreter(python));
-        System { name, python: python.to_owned(), thread_profile, works }
+        System { name, python: python.to_owned(), profile, works }
     }
 
     fn settings(&self, workers: u32) -> String {
-        let profile = if self.thread_profile {
-            format!("profile = \"thread\"\nthreads_per_worker = {THREADS_PER_WORKER}\n")
-        } else {
-            String::new()
-        };
-        format!("size = {workers}\n{profile}")
+        match self.profile {
+            Profile::Process => format!("size = {workers}\n"),
+            Profile::Thread => {
+                format!("size = {workers}\nprofile = \"thread\"\nthreads_per_worker = {THREADS_PER_WORKER}\n")
+            }
+        }
     }
 
     /// Calls the pool runs at once.
     fn slots(&self, workers: u32) -> usize {
-        workers as usize * if self.thread_profile { THREADS_PER_WORKER } else { 1 }
+        workers as usize
+            * match self.profile {
+                Profile::Process => 1,
+                Profile::Thread => THREADS_PER_WORKER,
+            }
     }
 }
 
@@ -135,9 +139,9 @@ fn main() {
     let peers = std::env::var_os("PITBOSS_BENCH_PEERS_PYTHON").map_or_else(|| stock.clone(), PathBuf::from);
     let numpy = std::process::Command::new(&stock).args(["-c", "import numpy"]).status().unwrap();
     assert!(numpy.success(), "numpy is missing from .venv: run scripts/python-env (it installs numpy)");
-    let process = System::new(false, &stock, &[&SPIN, &MATMUL, &SLEEP]);
-    let free_threads = System::new(true, &free_threaded, &[&SPIN, &SLEEP]);
-    let numpy_threads = System::new(true, &stock, &[&MATMUL]);
+    let process = System::new(Profile::Process, &stock, &[&SPIN, &MATMUL, &SLEEP]);
+    let free_threads = System::new(Profile::Thread, &free_threaded, &[&SPIN, &SLEEP]);
+    let numpy_threads = System::new(Profile::Thread, &stock, &[&MATMUL]);
     let mut bench = Bench {
         seconds,
         callers_per_worker,
