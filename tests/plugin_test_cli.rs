@@ -64,3 +64,33 @@ fn an_unknown_builtin_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown built-in policy `builtin:nope`"), "{stderr}");
 }
+
+#[test]
+fn router_options_reach_the_plugin() {
+    let (code, report) = plugin_test("builtin:weighted-tools", &["--workers", "8", "--requests", "300"]);
+    assert_eq!(code, 1, "without patterns weighted-tools refuses to start: {report:#}");
+    let idle = scenario(&report, "idle");
+    assert!(idle["first_fault"].as_str().unwrap().contains("gives weighted-tools no patterns"), "{idle:#}");
+
+    let options = ["--option", "embed*=0-1", "--option", "*=2-7"];
+    let (code, report) =
+        plugin_test("builtin:weighted-tools", &[&["--workers", "8", "--requests", "300"], &options[..]].concat());
+    assert_eq!(code, 0, "{report:#}");
+    for s in report["scenarios"].as_array().unwrap() {
+        assert_eq!(s["faults"], serde_json::json!({}), "{s:#}");
+    }
+    // Idle workers, least-loaded within each pattern's slots: one for the
+    // embed calls, one for the rest.
+    assert_eq!(scenario(&report, "idle")["workers_used"], 2, "{report:#}");
+}
+
+#[test]
+fn a_router_option_without_a_value_is_refused() {
+    let output = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["plugin", "test", "builtin:least-loaded", "--option", "embed"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`embed` is not KEY=VALUE"), "{stderr}");
+}

@@ -1,6 +1,7 @@
 //! `pitboss plugin test`: the plugin author's local runner. Prints what
 //! [`crate::policy::simulate`] finds.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -30,6 +31,19 @@ pub struct Args {
     /// Memory cap of the plugin, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     max_memory_mib: usize,
+    /// A router option, as a pool's `[pool.router_options]` would give it
+    /// (`--option 'embed*=0-1'`); repeat for more. A key given twice keeps
+    /// its last value.
+    #[arg(long = "option", value_name = "KEY=VALUE", value_parser = router_option)]
+    options: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE`, split at the first `=`.
+fn router_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not KEY=VALUE: write a router option as `--option 'embed*=0-1'`")),
+    }
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
@@ -41,7 +55,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         ..PolicyLimits::default()
     };
     let engine = PolicyEngine::new(crate::config::default_policy_cache())?;
-    let report = simulate(&engine, &source, limits, Simulation { workers: args.workers, requests: args.requests })?;
+    // In key order, one value a key, as the config's router_options table.
+    let options: BTreeMap<String, String> = args.options.iter().cloned().collect();
+    let simulation =
+        Simulation { workers: args.workers, requests: args.requests, options: options.into_iter().collect() };
+    let report = simulate(&engine, &source, limits, simulation)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -131,13 +131,17 @@ pub struct ScenarioReport {
     pub p99_ns: u64,
 }
 
-/// The size of each synthetic pool.
-#[derive(Clone, Copy, Debug)]
+/// The synthetic pools: their size, and the router options they hand the
+/// plugin.
+#[derive(Clone, Debug)]
 pub struct Simulation {
     /// Workers in each synthetic pool.
     pub workers: u32,
     /// Routing calls per scenario.
     pub requests: u32,
+    /// What a pool's `router_options` would give the plugin's `init`, in
+    /// key order.
+    pub options: Vec<(String, String)>,
 }
 
 /// Loads `source` under `limits` and drives it through every scenario.
@@ -152,7 +156,7 @@ pub fn simulate(
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let slot = RouterSlot::new("simulation", policy.clone());
     let scenarios: Vec<ScenarioReport> =
-        Scenario::ALL.iter().map(|scenario| run_scenario(*scenario, &slot, simulation)).collect();
+        Scenario::ALL.iter().map(|scenario| run_scenario(*scenario, &slot, &simulation)).collect();
     Ok(SimulationReport {
         plugin: source.to_string(),
         identity: policy.meta().to_string(),
@@ -164,7 +168,7 @@ pub fn simulate(
     })
 }
 
-fn run_scenario(scenario: Scenario, slot: &Arc<RouterSlot>, args: Simulation) -> ScenarioReport {
+fn run_scenario(scenario: Scenario, slot: &Arc<RouterSlot>, args: &Simulation) -> ScenarioReport {
     let mut report = ScenarioReport { name: scenario.name(), ..ScenarioReport::default() };
     let mut rng = Lcg(0x5eed ^ scenario.name().len() as u64);
     let mut workers = scenario.initial_workers(args.workers, &mut rng);
@@ -173,7 +177,7 @@ fn run_scenario(scenario: Scenario, slot: &Arc<RouterSlot>, args: Simulation) ->
         profile: if scenario.capacity() > 1 { Profile::Thread } else { Profile::Process },
         size: args.workers,
         threads_per_worker: scenario.capacity(),
-        options: Vec::new(),
+        options: args.options.clone(),
     };
     let mut router = match RouterInstance::new(slot.clone(), pool) {
         Ok(router) => router,
