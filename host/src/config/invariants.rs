@@ -29,8 +29,8 @@ pub(super) fn hard_limits(config: &Config) -> Vec<Diagnostic> {
         require(
             pool.calls_in_reserve == 0 || pool.profile == Profile::Process,
             key("calls_in_reserve"),
-            "0 for a thread pool: a thread worker's calls end out of order, so a call held in reserve could not tell \
-             when it starts; raise threads_per_worker instead",
+            "0 for a thread pool (its calls end out of order, so the host could not tell when a call in reserve \
+             starts); raise threads_per_worker instead",
         );
         require(
             pool.fallback_profile.is_none()
