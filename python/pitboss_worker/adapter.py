@@ -190,6 +190,13 @@ class ThreadSafeAdapter(Adapter):
             return value
 
 
+def _binds_before_running(func):
+    """True when calling `func` binds its arguments before any of its code
+    (or a wrapper's) runs: a Python function, or a method of one."""
+    func = getattr(func, "__func__", func)
+    return inspect.isfunction(func) and not hasattr(func, "__wrapped__")
+
+
 class Tool:
     """One callable tool: its name, the bound callable, its signature (None
     when Python cannot tell, in which case arguments are not checked before
@@ -198,7 +205,7 @@ class Tool:
     @tool(idempotent=True)) and whether it streams (a bool: a generator
     function)."""
 
-    __slots__ = ("name", "func", "signature", "thread_safe", "idempotent", "streams")
+    __slots__ = ("name", "func", "signature", "bind_first", "thread_safe", "idempotent", "streams")
 
     def __init__(self, name, func, thread_safe=None, idempotent=None):
         self.name = name
@@ -210,6 +217,12 @@ class Tool:
             self.signature = inspect.signature(func)
         except (TypeError, ValueError):
             self.signature = None
+        # Arguments are bound before the call only where the call itself
+        # might run code first (a wrapper, a callable object): a plain
+        # function or method binds them before its first line, so the
+        # dispatcher checks them only when that fails, and a call with
+        # good arguments skips inspect's bind (most of a no-op's dispatch).
+        self.bind_first = self.signature is not None and not _binds_before_running(func)
 
     def __repr__(self):
         return "Tool(%r, %r)" % (self.name, self.func)

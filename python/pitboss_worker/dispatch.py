@@ -209,12 +209,10 @@ class Dispatcher:
                 "unknown content type %d (0 = JSON, 1 = raw bytes)" % content_type,
             )
 
-        signature = found.signature
-        if signature is not None:
-            try:
-                signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                return error("bad_arguments", "TypeError", "%s: %s" % (name, exception_message(exc)))
+        if found.bind_first:
+            refused = _refused_arguments(found, args, kwargs)
+            if refused is not None:
+                return refused
 
         return self._run(found, args, kwargs, stream)
 
@@ -222,6 +220,15 @@ class Dispatcher:
     def _run(found, args, kwargs, stream=False):
         try:
             result = found.func(*args, **kwargs)
+        except TypeError as exc:
+            # A plain function's arguments are bound as it is called: a
+            # TypeError raised there, before any frame of the tool ran, is
+            # the arguments' (the signature says which and why).
+            if exc.__traceback__.tb_next is None:
+                refused = _refused_arguments(found, args, kwargs)
+                if refused is not None:
+                    return refused
+            return exception_error(exc, skip_frames=1)
         except Exception as exc:
             # skip_frames=1 drops this frame: the traceback starts in the tool.
             return exception_error(exc, skip_frames=1)
@@ -237,6 +244,18 @@ class Dispatcher:
         its end; its exceptions propagate). One frame between the caller and
         the generator: the caller's tracebacks skip two frames."""
         return next(generator)
+
+
+def _refused_arguments(found, args, kwargs):
+    """The bad_arguments error when the arguments do not bind to the tool's
+    signature, else None (also when it has none to check against)."""
+    if found.signature is None:
+        return None
+    try:
+        found.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        return error("bad_arguments", "TypeError", "%s: %s" % (found.name, exception_message(exc)))
+    return None
 
 
 def _warm_up_tool(kind):

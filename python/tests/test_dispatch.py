@@ -1,5 +1,6 @@
 """Encoding rules of one call: arguments in, result or structured error out."""
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -170,6 +171,32 @@ def test_error_texts_are_cut_and_always_utf8():
 def test_base_exceptions_propagate(dispatcher):
     with pytest.raises(SystemExit):
         dispatcher.invoke("exit_worker", P.CONTENT_JSON, b'{"code":3}')
+
+
+def test_a_wrapper_never_runs_for_arguments_that_do_not_bind():
+    ran = []
+
+    def add(a, b):
+        return a + b
+
+    @functools.wraps(add)
+    def logged(*args, **kwargs):
+        ran.append(kwargs)
+        return add(*args, **kwargs)
+
+    class Callable:
+        def __call__(self, a):
+            ran.append(a)
+
+    tools = {"logged": Tool("logged", logged), "callable": Tool("callable", Callable()), "add": Tool("add", add)}
+    assert [tools[name].bind_first for name in ("logged", "callable", "add")] == [True, True, False]
+    d = Dispatcher(tools)
+    for name, args in (("logged", {"a": 1}), ("callable", {"b": 2}), ("add", {"a": 1, "c": 3})):
+        ans = run_json(d, name, args)
+        assert ans.error["kind"] == "bad_arguments", (name, ans.error)
+        assert ans.error["message"].startswith(name + ": "), ans.error
+    assert ran == [], "neither the wrapper nor the callable object ran"
+    assert run_json(d, "logged", {"a": 1, "b": 2}).value == 3
 
 
 def test_tools_without_a_signature_are_called_without_a_check():
