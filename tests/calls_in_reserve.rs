@@ -40,6 +40,7 @@ async fn one_running_one_in_reserve(host: &Host) -> u32 {
     .await;
     let pool = &host.stats().await[0];
     assert!(both_sent, "the second call did not go to the busy worker: {pool:#?}");
+    assert_eq!((pool.calls_in_reserve, pool.capacity), (1, 1), "capacity counts the calls a pool runs");
     assert_eq!((pool.workers[0].in_flight, pool.workers[0].reserved), (1, 1));
     pool.workers[0].pid
 }

@@ -132,6 +132,7 @@ fn pool_status(p: proto::PoolStatus) -> PoolStatus {
         name: p.name,
         profile: p.profile,
         threads_per_worker: p.threads_per_worker,
+        calls_in_reserve: p.calls_in_reserve,
         fallback: Some(p.fallback).filter(|f| !f.is_empty()),
         size: p.size,
         ready: p.ready,

@@ -205,6 +205,7 @@ fn pool_status(p: PoolStatus) -> proto::PoolStatus {
         router_fallbacks: p.router.fallbacks,
         router_faults: p.router.faults,
         threads_per_worker: p.threads_per_worker,
+        calls_in_reserve: p.calls_in_reserve,
         fallback: p.fallback.unwrap_or_default(),
         draining: p.draining,
         restarts: p.restarts,

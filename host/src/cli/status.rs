@@ -86,7 +86,10 @@ fn render(pools: &[PoolStatus], workers: bool, style: Style) -> String {
         let degraded = if pool.degraded { " DEGRADED" } else { "" };
         pool_rows.push(vec![
             pool.name.clone(),
-            format!("{}×{}", pool.profile, pool.threads_per_worker),
+            match pool.calls_in_reserve {
+                0 => format!("{}×{}", pool.profile, pool.threads_per_worker),
+                reserve => format!("{}×{} +{reserve}", pool.profile, pool.threads_per_worker),
+            },
             format!("{}/{} ready{degraded}", pool.ready, pool.size),
             format!("{} {:>3.0}%", bar(pool.utilisation(), 10), pool.utilisation() * 100.0),
             in_flight_cell(pool.in_flight, pool.capacity, pool.reserved),
@@ -265,6 +268,7 @@ struct PoolDocument {
     name: String,
     profile: String,
     threads_per_worker: u32,
+    calls_in_reserve: u32,
     size: u32,
     ready: u32,
     starting: u32,
@@ -322,6 +326,7 @@ impl StatusDocument {
                 name: p.name.clone(),
                 profile: p.profile.clone(),
                 threads_per_worker: p.threads_per_worker,
+                calls_in_reserve: p.calls_in_reserve,
                 size: p.size,
                 ready: p.ready,
                 starting: p.starting,

@@ -20,6 +20,8 @@ pub struct PoolStatus {
     pub profile: String,
     /// Calls each worker serves at once.
     pub threads_per_worker: u32,
+    /// Calls each worker may hold beyond those it runs (`calls_in_reserve`).
+    pub calls_in_reserve: u32,
     /// Why a thread pool fell back to process workers.
     pub fallback: Option<String>,
     pub size: u32,

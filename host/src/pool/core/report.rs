@@ -15,6 +15,7 @@ impl<R: Caller> Core<R> {
             name: self.config.name.clone(),
             profile: self.profile.to_string(),
             threads_per_worker: self.threads(),
+            calls_in_reserve: self.reserve(),
             fallback: self.fallback.clone(),
             size: self.config.size,
             ready: self.workers.iter().filter(|w| w.is_serving()).count() as u32,
