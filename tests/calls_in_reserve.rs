@@ -116,3 +116,21 @@ async fn a_call_in_reserve_behind_a_call_that_timed_out_runs_on_the_replacement(
     reserved_call_outlives(&host, 30.0, |_| {}, ErrorKind::Timeout).await;
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sent_sigterm_finishes_its_call_and_its_reserve_runs_elsewhere() {
+    let (_dir, host) = start("size = 1\ncalls_in_reserve = 1").await;
+    let running = charge(&host, 1.0, "running");
+    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 1).await);
+    let reserved = charge(&host, 0.1, "reserved");
+    let stopped = one_running_one_in_reserve(&host).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+
+    let (value, _) = answer(running.await.unwrap());
+    assert_eq!(value["pid"].as_u64(), Some(stopped.into()), "the running call finishes on its worker");
+    let (value, output) = answer(reserved.await.unwrap());
+    assert_eq!(value["nonce"], "reserved");
+    assert_ne!(value["pid"].as_u64(), Some(stopped.into()), "the call the worker refused ran on its replacement");
+    assert_eq!(output.attempts, 1);
+    host.shutdown().await;
+}

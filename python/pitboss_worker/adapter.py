@@ -191,10 +191,12 @@ class ThreadSafeAdapter(Adapter):
 
 
 def _binds_before_running(func):
-    """True when calling `func` binds its arguments before any of its code
-    (or a wrapper's) runs: a Python function, or a method of one."""
+    """True when calling `func` binds its arguments, against the signature
+    the worker checks, before any of its code (or a wrapper's) runs: a
+    Python function, or a method of one, without a `__signature__` of its
+    own (which may be stricter than what the function accepts)."""
     func = getattr(func, "__func__", func)
-    return inspect.isfunction(func) and not hasattr(func, "__wrapped__")
+    return inspect.isfunction(func) and not hasattr(func, "__wrapped__") and "__signature__" not in vars(func)
 
 
 class Tool:

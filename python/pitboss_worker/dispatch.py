@@ -210,7 +210,7 @@ class Dispatcher:
             )
 
         if found.bind_first:
-            refused = _refused_arguments(found, args, kwargs)
+            refused = refused_arguments(found, args, kwargs)
             if refused is not None:
                 return refused
 
@@ -225,7 +225,7 @@ class Dispatcher:
             # TypeError raised there, before any frame of the tool ran, is
             # the arguments' (the signature says which and why).
             if exc.__traceback__.tb_next is None:
-                refused = _refused_arguments(found, args, kwargs)
+                refused = refused_arguments(found, args, kwargs)
                 if refused is not None:
                     return refused
             return exception_error(exc, skip_frames=1)
@@ -246,7 +246,7 @@ class Dispatcher:
         return next(generator)
 
 
-def _refused_arguments(found, args, kwargs):
+def refused_arguments(found, args, kwargs):
     """The bad_arguments error when the arguments do not bind to the tool's
     signature, else None (also when it has none to check against)."""
     if found.signature is None:

@@ -15,7 +15,7 @@ they are a flag.
 import sys
 import threading
 
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, refused_arguments
 
 #: Modules known to be unsafe to share across threads, and what to do.
 UNSAFE_MODULES = {
@@ -106,6 +106,12 @@ class CheckingDispatcher(Dispatcher):
         self._checker = checker
 
     def _run(self, found, args, kwargs, stream=False):
+        # Arguments that do not bind never enter the tool, so they are
+        # checked before the checker hears of an entry (the plain
+        # dispatcher leaves that to the call itself).
+        refused = refused_arguments(found, args, kwargs)
+        if refused is not None:
+            return refused
         checker = self._checker
         checker.enter(found.name)
         try:

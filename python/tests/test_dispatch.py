@@ -188,14 +188,19 @@ def test_a_wrapper_never_runs_for_arguments_that_do_not_bind():
         def __call__(self, a):
             ran.append(a)
 
-    tools = {"logged": Tool("logged", logged), "callable": Tool("callable", Callable()), "add": Tool("add", add)}
-    assert [tools[name].bind_first for name in ("logged", "callable", "add")] == [True, True, False]
+    def generated(**kwargs):
+        ran.append(kwargs)
+
+    generated.__signature__ = inspect.signature(add)  # stricter than **kwargs
+    tools = {name: Tool(name, func) for name, func in
+             (("logged", logged), ("callable", Callable()), ("generated", generated), ("add", add))}
+    assert [tools[name].bind_first for name in ("logged", "callable", "generated", "add")] == [True, True, True, False]
     d = Dispatcher(tools)
-    for name, args in (("logged", {"a": 1}), ("callable", {"b": 2}), ("add", {"a": 1, "c": 3})):
+    for name, args in (("logged", {"a": 1}), ("callable", {"b": 2}), ("generated", {"a": 1}), ("add", {"a": 1, "c": 3})):
         ans = run_json(d, name, args)
         assert ans.error["kind"] == "bad_arguments", (name, ans.error)
         assert ans.error["message"].startswith(name + ": "), ans.error
-    assert ran == [], "neither the wrapper nor the callable object ran"
+    assert ran == [], "no wrapper, callable object or function with its own signature ran"
     assert run_json(d, "logged", {"a": 1, "b": 2}).value == 3
 
 

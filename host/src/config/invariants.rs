@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use super::{Config, Diagnostic, PoolConfig, Profile};
 
+/// Beyond this a reserve only queues on a worker what the host's queue
+/// holds better (where any worker can take it).
+const MAX_CALLS_IN_RESERVE: u32 = 1024;
+
 pub(super) fn hard_limits(config: &Config) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let mut require = |holds: bool, field: String, what: &str| {
@@ -26,6 +30,11 @@ pub(super) fn hard_limits(config: &Config) -> Vec<Diagnostic> {
         require(!pool.adapter.trim().is_empty(), key("adapter"), "an adapter to import");
         require(pool.size >= 1, key("size"), "at least one worker");
         require(threads_fit(pool), key("threads_per_worker"), "1 for a process pool, at least 1 for a thread pool");
+        require(
+            pool.calls_in_reserve <= MAX_CALLS_IN_RESERVE,
+            key("calls_in_reserve"),
+            &format!("at most {MAX_CALLS_IN_RESERVE} calls in reserve per worker"),
+        );
         require(
             pool.calls_in_reserve == 0 || pool.profile == Profile::Process,
             key("calls_in_reserve"),

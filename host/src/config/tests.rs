@@ -255,6 +255,7 @@ name = "a"
 adapter = "m"
 size = 0
 threads_per_worker = 2
+calls_in_reserve = 5000
 ping_interval = "0s"
 recycle_jitter = 1.5
 startup_batch_size = 0
@@ -274,6 +275,7 @@ fallback_profile = "thread"
         [
             "pool.a.size",
             "pool.a.threads_per_worker",
+            "pool.a.calls_in_reserve",
             "pool.a.ping_interval",
             "pool.a.startup_batch_size",
             "pool.a.recycle_jitter",

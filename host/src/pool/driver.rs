@@ -221,9 +221,9 @@ impl Effector {
                             Completion { worker, request_id, tool, error, latency: duration, timed_out, started };
                         notify(&events, Event::Finished(completion));
                     };
-                    if let CallOutcome::NotStarted(how) = outcome {
+                    if let Some(why) = never_started(&outcome) {
                         tracing::info!(pool = %pool, request_id = request.request_id.as_deref().unwrap_or(""),
-                            tool = %request.tool, worker, "{how} before it started the call; placing the call again");
+                            tool = %request.tool, worker, "the call did not start ({why}); placing it again");
                         finished(None, false, false);
                         notify(&events, Event::Retry { request, reply, failed_on: worker });
                         return;
@@ -330,6 +330,20 @@ fn log_outcome(pool: &str, request: &CallRequest, worker: u32, took: Duration, r
         Err(error) => {
             tracing::debug!(pool, request_id, tool = %request.tool, worker, ?took, error = %error, "call failed")
         }
+    }
+}
+
+/// Why a call never ran, when its outcome says so: its worker died before
+/// taking it, or refused it as it began to shut down (a worker sent SIGTERM
+/// refuses the calls it holds but has not started). Such a call runs on
+/// another worker, idempotent or not.
+fn never_started(outcome: &CallOutcome) -> Option<String> {
+    match outcome {
+        CallOutcome::NotStarted(how) => Some(how.clone()),
+        CallOutcome::Failed(error) if error.kind == ErrorKind::ShuttingDown.as_str() => {
+            Some("the worker is shutting down".to_owned())
+        }
+        _ => None,
     }
 }
 

@@ -27,21 +27,24 @@ impl<R: Caller> Core<R> {
                 return;
             }
         }
-        if self.queue.len() >= self.config.queue_limit && !self.queue.is_empty() {
+        // A call sent again (a retry, or one its worker died before
+        // starting) was accepted once already: it is not refused as
+        // saturated now, and goes ahead of the calls that came after it.
+        let sent_again = avoid.is_some();
+        if !sent_again && self.queue.len() >= self.config.queue_limit && !self.queue.is_empty() {
             self.fail(reply, self.saturated());
             return;
         }
-        // Behind anything already waiting, so the queue stays in order; the
-        // router places it now if it can.
-        self.queue.push_back(Queued {
-            request,
-            reply,
-            deadline: now + self.config.queue_timeout,
-            enqueued_at: now,
-            avoid,
-        });
+        let queued = Queued { request, reply, deadline: now + self.config.queue_timeout, enqueued_at: now, avoid };
+        // Otherwise behind anything already waiting, so the queue stays in
+        // order; the router places it now if it can.
+        if sent_again {
+            self.queue.push_front(queued);
+        } else {
+            self.queue.push_back(queued);
+        }
         self.pump(now);
-        if self.config.queue_limit == 0 {
+        if self.config.queue_limit == 0 && !sent_again {
             if let Some(unplaced) = self.queue.pop_back() {
                 self.fail(unplaced.reply, self.saturated());
             }
@@ -99,7 +102,7 @@ impl<R: Caller> Core<R> {
     /// Asks the router where `request` goes, showing it every worker (a
     /// retry's `avoid` as draining, so it lands elsewhere).
     fn decide(&mut self, request: &RequestView, avoid: Option<u32>, now: Instant) -> Decision {
-        let capacity = self.threads() + self.reserve();
+        let capacity = self.threads().saturating_add(self.reserve());
         self.views.clear();
         self.views.extend(self.workers.iter().map(|w| WorkerView {
             id: w.id,

@@ -326,6 +326,18 @@ fn queued_requests_time_out_and_a_full_queue_saturates() {
 }
 
 #[test]
+fn a_call_sent_again_skips_a_full_queue_and_goes_first() {
+    let mut pool = Harness::new("size = 1\nqueue_limit = 1");
+    pool.ready(0);
+    let running = calls(pool.submit(1))[0];
+    assert!(calls(pool.submit(2)).is_empty(), "queued: the queue is full");
+    let again = Input::Submit { request: CallRequest::json("echo", "{}"), reply: 3, avoid: Some(7) };
+    assert!(failures(pool.on(again)).is_empty(), "a call sent again is not refused as saturated");
+    assert_eq!(pool.status().queued, 2);
+    assert_eq!(calls(pool.finish(&running, true)).iter().map(|c| c.caller).collect::<Vec<_>>(), [3]);
+}
+
+#[test]
 fn a_call_past_its_deadline_is_abandoned_and_its_process_worker_killed() {
     let mut pool = Harness::new("size = 1\nrequest_timeout = \"2s\"");
     pool.ready(0);
