@@ -108,8 +108,8 @@ class CheckingDispatcher(Dispatcher):
     def _run(self, found, args, kwargs, stream=False):
         # Arguments that do not bind never enter the tool, so they are
         # checked before the checker hears of an entry (the plain
-        # dispatcher leaves that to the call itself).
-        refused = refused_arguments(found, args, kwargs)
+        # dispatcher leaves that to the call itself, unless invoke() did).
+        refused = None if found.bind_first else refused_arguments(found, args, kwargs)
         if refused is not None:
             return refused
         checker = self._checker
