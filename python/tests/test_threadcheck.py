@@ -87,6 +87,19 @@ def test_a_tool_that_raises_is_left_and_its_traceback_starts_in_it():
     assert "in boom" in error["traceback"] and "_run" not in error["traceback"]
 
 
+def test_arguments_that_do_not_bind_never_enter_the_tool():
+    def add(a, b):
+        return a + b
+
+    tools = {"add": Tool("add", add)}
+    entered = []
+    checker = ThreadSafetyChecker(tools, None, lambda warning: None)
+    checker.enter = entered.append
+    kind, body = CheckingDispatcher(tools, checker).invoke("add", P.CONTENT_JSON, b'{"a": 1}')
+    assert (kind, P.decode_json_body(body)["kind"]) == (P.ERROR, "bad_arguments")
+    assert entered == [], "the checker heard of no entry"
+
+
 def test_unsafe_modules_reported_once_each(monkeypatch):
     modules = {name: module for name, module in sys.modules.items() if name not in UNSAFE_MODULES}
     monkeypatch.setattr(sys, "modules", modules)
