@@ -23,12 +23,30 @@ async fn start(settings: &str) -> (tempfile::TempDir, Arc<Host>) {
 
 /// Starts `charge` (not idempotent): it sleeps `seconds`, then answers
 /// `nonce` and its pid.
-fn charge(host: &Arc<Host>, seconds: f64, nonce: &str) -> JoinHandle<Result<CallOutput, CallError>> {
+fn charge(host: &Arc<Host>, seconds: f64, nonce: &str) -> Answered {
     let host = host.clone();
     let request =
         CallRequest::json("charge", serde_json::to_vec(&json!({"seconds": seconds, "nonce": nonce})).unwrap());
     tokio::spawn(async move { host.execute("pool", request).await })
 }
+
+/// Starts `charge` calls "running" (sleeping `running_seconds`) and, once
+/// it runs, "reserved" (`reserved_seconds`); waits until the only worker
+/// runs the first and holds the second in reserve. Answers both calls and
+/// the worker's pid.
+async fn running_and_reserved(
+    host: &Arc<Host>,
+    running_seconds: f64,
+    reserved_seconds: f64,
+) -> (Answered, Answered, u32) {
+    let running = charge(host, running_seconds, "running");
+    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 1).await);
+    let reserved = charge(host, reserved_seconds, "reserved");
+    let pid = one_running_one_in_reserve(host).await;
+    (running, reserved, pid)
+}
+
+type Answered = JoinHandle<Result<CallOutput, CallError>>;
 
 /// Waits until the only worker runs one call and holds one in reserve;
 /// answers its pid.
@@ -53,10 +71,7 @@ fn answer(output: Result<CallOutput, CallError>) -> (Value, CallOutput) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_worker_takes_a_second_call_and_starts_it_as_it_answers_the_first() {
     let (_dir, host) = start("size = 1\ncalls_in_reserve = 1").await;
-    let first = charge(&host, 0.5, "first");
-    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 1).await);
-    let second = charge(&host, 0.5, "second");
-    let pid = one_running_one_in_reserve(&host).await;
+    let (first, second, pid) = running_and_reserved(&host, 0.5, 0.5).await;
     let (first, _) = answer(first.await.unwrap());
     let (second, output) = answer(second.await.unwrap());
     assert_eq!((first["pid"].as_u64(), second["pid"].as_u64()), (Some(pid.into()), Some(pid.into())));
@@ -68,13 +83,10 @@ async fn a_busy_worker_takes_a_second_call_and_starts_it_as_it_answers_the_first
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_in_reserve_gets_its_whole_request_timeout_once_it_starts() {
     let (_dir, host) = start("size = 1\ncalls_in_reserve = 1\nrequest_timeout = \"1500ms\"").await;
-    let first = charge(&host, 1.0, "first");
-    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 1).await);
-    let second = charge(&host, 1.0, "second");
-    one_running_one_in_reserve(&host).await;
+    let (first, second, _) = running_and_reserved(&host, 1.0, 1.0).await;
     answer(first.await.unwrap());
     let (second, output) = answer(second.await.unwrap());
-    assert_eq!(second["nonce"], "second");
+    assert_eq!(second["nonce"], "reserved");
     assert!(output.duration > Duration::from_millis(1500), "sent to the worker before the request timeout: {output:?}");
     assert_eq!(host.stats().await[0].errors_of(ErrorKind::Timeout), 0);
     host.shutdown().await;
@@ -85,10 +97,7 @@ async fn a_call_in_reserve_gets_its_whole_request_timeout_once_it_starts() {
 /// running call fails with `kind` while the reserved one is answered, on
 /// its first attempt, by another worker. `charge` is not idempotent.
 async fn reserved_call_outlives(host: &Arc<Host>, seconds: f64, fail: impl FnOnce(u32), kind: ErrorKind) {
-    let running = charge(host, seconds, "running");
-    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 1).await);
-    let reserved = charge(host, 0.1, "reserved");
-    let failed_worker = one_running_one_in_reserve(host).await;
+    let (running, reserved, failed_worker) = running_and_reserved(host, seconds, 0.1).await;
     fail(failed_worker);
     let error = running.await.unwrap().expect_err("the running call fails");
     assert_eq!(error.kind, kind, "{error}");
@@ -120,10 +129,7 @@ async fn a_call_in_reserve_behind_a_call_that_timed_out_runs_on_the_replacement(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_sent_sigterm_finishes_its_call_and_its_reserve_runs_elsewhere() {
     let (_dir, host) = start("size = 1\ncalls_in_reserve = 1").await;
-    let running = charge(&host, 1.0, "running");
-    assert!(eventually(Duration::from_secs(5), async || host.stats().await[0].in_flight == 1).await);
-    let reserved = charge(&host, 0.1, "reserved");
-    let stopped = one_running_one_in_reserve(&host).await;
+    let (running, reserved, stopped) = running_and_reserved(&host, 1.0, 0.1).await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
 
     let (value, _) = answer(running.await.unwrap());
