@@ -86,13 +86,10 @@ fn render(pools: &[PoolStatus], workers: bool, style: Style) -> String {
         let degraded = if pool.degraded { " DEGRADED" } else { "" };
         pool_rows.push(vec![
             pool.name.clone(),
-            match pool.calls_in_reserve {
-                0 => format!("{}×{}", pool.profile, pool.threads_per_worker),
-                reserve => format!("{}×{} +{reserve}", pool.profile, pool.threads_per_worker),
-            },
+            plus_reserve(format!("{}×{}", pool.profile, pool.threads_per_worker), pool.calls_in_reserve),
             format!("{}/{} ready{degraded}", pool.ready, pool.size),
             format!("{} {:>3.0}%", bar(pool.utilisation(), 10), pool.utilisation() * 100.0),
-            in_flight_cell(pool.in_flight, pool.capacity, pool.reserved),
+            plus_reserve(format!("{}/{}", pool.in_flight, pool.capacity), pool.reserved),
             pool.queued.to_string(),
             pool.served.to_string(),
             pool.failed.to_string(),
@@ -124,7 +121,7 @@ fn render(pools: &[PoolStatus], workers: bool, style: Style) -> String {
                     w.id.to_string(),
                     w.pid.to_string(),
                     w.state.to_owned(),
-                    in_flight_cell(w.in_flight, w.capacity, w.reserved),
+                    plus_reserve(format!("{}/{}", w.in_flight, w.capacity), w.reserved),
                     w.served.to_string(),
                     human_bytes(w.rss_bytes),
                     w.threads.to_string(),
@@ -218,11 +215,11 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// `████░░░░░░` for 0.4 of `width` cells.
-/// `running/capacity`, and `+N` for calls waiting in reserve.
-fn in_flight_cell(running: u32, capacity: u32, reserved: u32) -> String {
-    match reserved {
-        0 => format!("{running}/{capacity}"),
-        reserved => format!("{running}/{capacity} +{reserved}"),
+/// `cell`, then ` +N` for N calls in reserve (allowed or held), if any.
+fn plus_reserve(cell: String, reserve: u32) -> String {
+    match reserve {
+        0 => cell,
+        reserve => format!("{cell} +{reserve}"),
     }
 }
 
